@@ -1,0 +1,104 @@
+"""Operator commands: create a volume, mount it, unmount it."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+from pathlib import Path
+
+import click
+
+from .. import store
+from ..crypto import keys, volume_config
+from .keysource import keyfile_option, passphrase_file_option, secret_from_options
+
+
+@click.command()
+@click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
+@passphrase_file_option
+@keyfile_option
+@click.option("--chunk-size", type=int, default=volume_config.DEFAULT_CHUNK_SIZE, show_default=True,
+              help="Plaintext bytes per encrypted chunk (power of two, 4096..1048576).")
+@click.option("--scrypt-log-n", type=int, default=keys.DEFAULT_SCRYPT_LOG_N, show_default=True,
+              hidden=True, help="scrypt cost as log2(N); lower only for tests and demos.")
+def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chunk_size: int,
+         scrypt_log_n: int) -> None:
+    """Create a new encrypted volume in the empty folder BACKING.
+
+    \b
+    Example:
+      encfs-pacs init /srv/pacs-encrypted --passphrase-file /root/pacs.pass
+    """
+    secret = secret_from_options(passphrase_file, keyfile, confirm=True)
+    config = store.create_volume(backing, secret, chunk_size=chunk_size, scrypt_log_n=scrypt_log_n)
+    click.echo(f"created volume in {backing} (key ID {config.key_id.hex()}, "
+               f"{config.chunk_size // 1024} KiB chunks)")
+    click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
+
+
+def configure_logging(log_file: Path | None, foreground: bool, verbose: bool) -> None:
+    root = logging.getLogger("encfs_pacs")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.handlers.clear()
+    if log_file is not None:
+        handler: logging.Handler = logging.FileHandler(log_file)
+        os.chmod(log_file, 0o600)
+    elif foreground:
+        handler = logging.StreamHandler()
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s encfs-pacs[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+@click.command()
+@click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@passphrase_file_option
+@keyfile_option
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (systemd, debugging).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Daemon log (default: stderr in the foreground, syslog in the background).")
+@click.option("--verbose", "-v", is_flag=True, help="Log debug details.")
+def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile: Path | None,
+          foreground: bool, log_file: Path | None, verbose: bool) -> None:
+    """Mount the volume BACKING as plaintext on MOUNTPOINT.
+
+    Returns once the mount is ready, unless --foreground is given. SIGTERM or SIGINT to the
+    daemon, or 'encfs-pacs unmount', unmounts cleanly.
+
+    \b
+    Example:
+      encfs-pacs mount /srv/pacs-encrypted /var/lib/orthanc/db --passphrase-file /root/pacs.pass
+    """
+    from ..fs import mount as fs_mount  # imports the FUSE binding: only when mounting
+
+    store.read_config(backing)  # report a missing or foreign volume before asking for a secret
+    fs_mount.check_mountpoint(mountpoint, backing)
+    volume = store.unlock(backing, secret_from_options(passphrase_file, keyfile, confirm=False))
+    if foreground:
+        configure_logging(log_file, foreground=True, verbose=verbose)
+        fs_mount.serve(volume, mountpoint)
+        return
+    pid = fs_mount.mount_in_background(
+        volume, mountpoint, log_file, lambda: configure_logging(log_file, foreground=False, verbose=verbose))
+    click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+def unmount(mountpoint: Path) -> None:
+    """Unmount MOUNTPOINT and wait for its daemon to finish.
+
+    \b
+    Example:
+      encfs-pacs unmount /var/lib/orthanc/db
+    """
+    from ..fs import mount as fs_mount
+
+    fs_mount.unmount(mountpoint)
+    click.echo(f"unmounted {mountpoint}")

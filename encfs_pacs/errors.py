@@ -1,0 +1,88 @@
+"""Every error encfs-pacs reports to a person, in one place.
+
+Each class carries an exit code and a message written for a hospital admin: what went
+wrong and what to do next. The CLI prints ``str(error)`` as one line and exits with
+``error.exit_code``; the FUSE adapter maps these to errno values in one function.
+Exit codes are part of the CLI contract (scripts check them): never renumber.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class EncfsPacsError(Exception):
+    """Base class: a problem the user can act on (no traceback is shown)."""
+
+    exit_code = 2
+    errno = errno.EIO
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(EncfsPacsError):
+    exit_code = 2
+    errno = errno.EINVAL
+
+
+class WrongPassphrase(EncfsPacsError):
+    exit_code = 10
+
+
+class NotAVolume(EncfsPacsError):
+    exit_code = 11
+
+
+class UnsupportedFormat(EncfsPacsError):
+    exit_code = 12
+
+
+class CorruptConfig(EncfsPacsError):
+    exit_code = 13
+
+
+class BackingMissing(EncfsPacsError):
+    exit_code = 14
+    errno = errno.ENOENT
+
+
+class BackingNotEmpty(EncfsPacsError):
+    exit_code = 15
+
+
+class MountpointError(EncfsPacsError):
+    exit_code = 16
+
+
+class MountFailed(EncfsPacsError):
+    exit_code = 17
+
+
+class KeySourceError(EncfsPacsError):
+    exit_code = 18
+
+
+class UnmountFailed(EncfsPacsError):
+    exit_code = 19
+
+
+class IntegrityError(EncfsPacsError):
+    """Stored ciphertext failed authentication: reads fail with EIO, never return wrong bytes."""
+
+    exit_code = 20
+    errno = errno.EIO
+
+
+class ReservedName(EncfsPacsError):
+    """The volume's own metadata directory cannot be reached or shadowed through the mount."""
+
+    exit_code = 2
+    errno = errno.EPERM
+
+
+INTERNAL_ERROR_EXIT_CODE = 70  # EX_SOFTWARE: a bug; the CLI prints a traceback for it

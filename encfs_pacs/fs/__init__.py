@@ -1,0 +1,1 @@
+"""The FUSE adapter. The only package that imports the FUSE binding (see _binding)."""

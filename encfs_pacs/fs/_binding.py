@@ -1,0 +1,56 @@
+"""The one import of the FUSE binding (mfusepy on libfuse3), plus two fixes to its wrapper.
+
+mfusepy loads libfuse2 first when both are installed; libfuse3 gives larger requests and
+``hard_remove``, so we ask for it explicitly before the import.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+
+import mfusepy  # noqa: E402
+from mfusepy import FUSE, FuseOSError, Operations, fuse_get_context  # noqa: E402
+
+__all__ = ["EncfsFUSE", "FuseOSError", "Operations", "fuse_get_context", "LIBFUSE_VERSION"]
+
+LIBFUSE_VERSION = f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}"
+
+# utimensat(2) special nanosecond values (linux/stat.h)
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+
+
+def _timespec_ns(ts: mfusepy.c_timespec, now_ns: int) -> int | None:
+    if ts.tv_nsec == _UTIME_OMIT:
+        return None
+    if ts.tv_nsec == _UTIME_NOW:
+        return now_ns
+    return ts.tv_sec * 10**9 + ts.tv_nsec
+
+
+class EncfsFUSE(FUSE):
+    """mfusepy's FUSE class with ftruncate's handle, rename flags and utimensat's NOW/OMIT.
+
+    mfusepy drops renameat2 flags (so `mv -n` would silently overwrite), folds UTIME_NOW /
+    UTIME_OMIT into bogus nanosecond counts (so `touch` would set strange times) and calls
+    truncate without the handle."""
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip) -> int:  # type: ignore[no-untyped-def]
+        # mfusepy drops the file handle of ftruncate(); an unlinked open file has no usable path
+        fi = fip.contents if fip else None
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.truncate(decoded, length, fi)
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
+
+    def utimens_fuse_3(self, path: bytes | None, buf, fip) -> int:  # type: ignore[no-untyped-def]
+        now = time.time_ns()
+        times = (now, now) if not buf else (
+            _timespec_ns(buf.contents.actime, now), _timespec_ns(buf.contents.modtime, now))
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.utimens(decoded, times)

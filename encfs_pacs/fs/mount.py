@@ -1,0 +1,242 @@
+"""Mounting and unmounting: checks, the daemon's life cycle, and the runtime registry.
+
+``serve`` runs the FUSE loop in the calling process until the file system is unmounted
+(fusermount3 -u, or SIGTERM/SIGINT, which libfuse turns into a clean unmount).
+``mount_in_background`` forks a daemon and returns only once the kernel has initialised the
+mount (FUSE ``init`` has run), or raises with the daemon's reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import MountFailed, MountpointError, UnmountFailed
+from ..store import Volume
+from ._binding import EncfsFUSE
+from .operations import EncryptedOperations
+
+log = logging.getLogger("encfs_pacs.mount")
+READY_TIMEOUT_SECONDS = 60.0
+
+
+# ---------------------------------------------------------------------------- mount table
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fuse_filesystems() -> dict[str, str]:
+    """Mount point -> file system type for every FUSE mount visible to this process."""
+    mounts: dict[str, str] = {}
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            fstype = right.split(" ", 1)[0]
+            if fstype.startswith("fuse"):
+                mounts[_unescape_mountinfo(left.split(" ")[4])] = fstype
+    return mounts
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return os.path.abspath(mountpoint) in mounted_fuse_filesystems() or os.path.ismount(mountpoint)
+
+
+def check_mountpoint(mountpoint: Path, backing: Path) -> None:
+    path = Path(os.path.abspath(mountpoint))
+    if is_mounted(path):
+        raise MountpointError(f"{path} is already mounted (unmount it first: encfs-pacs unmount {path})")
+    if not path.exists():
+        raise MountpointError(f"mountpoint {path} does not exist: create it first (mkdir -p {path})")
+    if not path.is_dir():
+        raise MountpointError(f"mountpoint {path} is not a folder")
+    if any(path.iterdir()):
+        raise MountpointError(
+            f"mountpoint {path} is not empty: mounting would hide its files; use an empty folder")
+    backing = backing.resolve()
+    if path == backing or backing in path.parents or path in backing.parents:
+        raise MountpointError("the mountpoint and the backing folder must not contain each other")
+
+
+# ---------------------------------------------------------------------------- runtime registry
+
+
+def runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/encfs-pacs")
+    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/encfs-pacs-{os.geteuid()}"
+    return Path(base) / "encfs-pacs"
+
+
+def _registry_file(mountpoint: Path) -> Path:
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "_") or "root"
+    return runtime_dir() / f"{name}.json"
+
+
+def _register(mountpoint: Path, volume: Volume) -> None:
+    directory = runtime_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record = {"pid": os.getpid(), "mountpoint": os.path.abspath(mountpoint), "backing": str(volume.backing)}
+    _registry_file(mountpoint).write_text(json.dumps(record) + "\n")
+
+
+def registered_daemon(mountpoint: Path) -> dict[str, object] | None:
+    try:
+        return json.loads(_registry_file(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def serve(volume: Volume, mountpoint: Path, on_ready: Callable[[], None] | None = None) -> None:
+    """Run the file system until it is unmounted. Blocks."""
+    as_root = os.geteuid() == 0
+
+    def ready() -> None:
+        _register(mountpoint, volume)
+        if on_ready is not None:
+            on_ready()
+
+    stale = volume.remove_stale_orphans()
+    if stale:
+        log.info("removed %d unlinked file(s) left open by a previous mount that did not end cleanly", stale)
+    operations = EncryptedOperations(volume, on_ready=ready, set_owner=as_root)
+    options: dict[str, object] = {
+        "fsname": str(volume.backing).replace(",", "_"),
+        "subtype": "encfs-pacs",
+        # The kernel enforces file modes against the *calling* user, so a root daemon serving a
+        # PACS service user does not turn every file world-writable.
+        "default_permissions": True,
+        # libfuse 3.14 rejects its own "unset" idle-thread default with a warning on every
+        # mount; explicit limits silence it. 16 workers cover a PACS's parallel readers.
+        "max_threads": 16,
+        "max_idle_threads": 8,
+    }
+    if as_root:
+        options["allow_other"] = True  # the PACS runs as its own user, not as root
+    try:
+        EncfsFUSE(operations, os.path.abspath(mountpoint), raw_fi=True, foreground=True, **options)
+    except RuntimeError as exc:
+        raise MountFailed(f"the kernel refused the mount on {mountpoint} (libfuse error {exc}); "
+                          "is fuse3 installed and /dev/fuse usable?") from None
+    finally:
+        with contextlib.suppress(OSError):
+            _registry_file(mountpoint).unlink()
+
+
+def _detach_stdio(log_file: Path | None) -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    out = devnull if log_file is None else os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+
+
+def mount_in_background(volume: Volume, mountpoint: Path, log_file: Path | None,
+                        configure_logging: Callable[[], None]) -> int:
+    """Fork the daemon; return its pid once the mount is usable."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        code = 1
+        try:
+            os.setsid()
+            configure_logging()
+
+            def ready() -> None:
+                # Only now let go of the caller's stdout/stderr: a parent reading our output
+                # (a test, a script) would otherwise wait for the daemon to exit.
+                _detach_stdio(log_file)
+                os.write(write_end, b"OK\n")
+
+            serve(volume, mountpoint, on_ready=ready)
+            code = 0
+        except BaseException as exc:  # report any reason to the waiting parent, then die
+            with contextlib.suppress(OSError):
+                os.write(write_end, f"ERR {exc}\n".encode())
+            log.error("mount daemon stopped: %s", exc)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = _read_line(read_end, READY_TIMEOUT_SECONDS)
+    finally:
+        os.close(read_end)
+    if answer == "OK":
+        return pid
+    if not answer:
+        _, status = os.waitpid(pid, os.WNOHANG)
+        answer = f"the mount daemon exited without mounting (status {status})" if status else (
+            f"the mount was not ready within {READY_TIMEOUT_SECONDS:.0f} s")
+    raise MountFailed(answer.removeprefix("ERR "))
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        piece = os.read(fd, 4096)
+        if not piece:
+            break
+        data += piece
+    return data.decode(errors="replace").strip()
+
+
+# ---------------------------------------------------------------------------- unmounting
+
+
+def unmount(mountpoint: Path, timeout: float = 30.0) -> None:
+    """Unmount and wait for the daemon to finish (so its last writes and logs are done)."""
+    path = os.path.abspath(mountpoint)
+    if not is_mounted(Path(path)):
+        raise UnmountFailed(f"{path} is not mounted")
+    daemon = registered_daemon(Path(path))
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u", path] if tool else ["umount", path]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reason = result.stderr.strip() or result.stdout.strip()
+        if "busy" in reason.lower():
+            raise UnmountFailed(f"{path} is busy: a program still uses files there; stop it "
+                                f"(find it with: fuser -vm {path}) and unmount again")
+        raise UnmountFailed(f"cannot unmount {path}: {reason}")
+    if daemon and isinstance(daemon.get("pid"), int):
+        _wait_for_exit(int(daemon["pid"]), timeout)
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.02)
+    log.warning("mount daemon %d is still running %.0f s after unmount", pid, timeout)

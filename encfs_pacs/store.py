@@ -1,0 +1,589 @@
+"""The encrypted volume: plaintext file operations on top of the ciphertext backing folder.
+
+This module knows nothing of FUSE. It takes mount-relative paths ("/a/b.dcm"), returns
+plain Python values and raises exceptions (OSError from the backing file system, or an
+EncfsPacsError such as IntegrityError); the FUSE adapter maps those to errno values.
+
+Concurrency: every open backing inode has one ``FileState`` shared by all handles and hard
+links to it. Its lock serialises read-modify-write of chunks *and* reads, so a reader never
+sees half of a rewritten chunk, and its cached plaintext size stays exact while the file is
+open. Different files never contend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .crypto import keys, volume_config
+from .crypto.chunks import HEADER_BYTES, FileCipher, Layout, decode_header, encode_header, new_file_id
+from .crypto.volume_config import KDF_KEYFILE, KDF_SCRYPT, VolumeConfig
+from .errors import (
+    BackingMissing,
+    BackingNotEmpty,
+    CorruptConfig,
+    IntegrityError,
+    NotAVolume,
+    ReservedName,
+    UsageError,
+)
+
+META_DIR = ".encfs-pacs"  # at the backing root; hidden from and unreachable through the mount
+CONFIG_FILE = "volume.json"
+ORPHANS_DIR = "orphans"  # in META_DIR: unlinked-but-open files whose directory was removed
+# libfuse renames a file that is unlinked while open to ".fuse_hidden<id>" and deletes it at the
+# last close; such names are internal and never listed.
+FUSE_HIDDEN_PREFIX = ".fuse_hidden"
+GROW_BATCH = 64  # chunks encrypted per write when a file grows by truncate/sparse write (4 MiB at 64K)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """What unlocks a volume. ``kind`` is "passphrase" or "keyfile"; ``value`` is never logged."""
+
+    kind: str
+    value: bytes
+
+    def __repr__(self) -> str:  # keeps secrets out of tracebacks and debug logs
+        return f"Secret(kind={self.kind!r}, value=<{len(self.value)} bytes hidden>)"
+
+
+# ---------------------------------------------------------------------------- volume lifecycle
+
+
+def config_path(backing: Path) -> Path:
+    return backing / META_DIR / CONFIG_FILE
+
+
+def _write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write-temp, fsync, rename, fsync-dir: after a crash the old or the new file exists, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _wrapping_key(secret: Secret, config: VolumeConfig) -> bytes:
+    if config.kdf == KDF_SCRYPT and secret.kind == "passphrase":
+        assert config.scrypt is not None
+        return keys.wrapping_key_from_passphrase(secret.value, config.scrypt)
+    if config.kdf == KDF_KEYFILE and secret.kind == "keyfile":
+        return keys.wrapping_key_from_keyfile(secret.value)
+    wanted = "--keyfile" if config.kdf == KDF_KEYFILE else "a passphrase (--passphrase-file or the prompt)"
+    raise UsageError(f"this volume is unlocked with {wanted}, not a {secret.kind}")
+
+
+def create_volume(
+    backing: Path,
+    secret: Secret,
+    chunk_size: int = volume_config.DEFAULT_CHUNK_SIZE,
+    scrypt_log_n: int = keys.DEFAULT_SCRYPT_LOG_N,
+) -> VolumeConfig:
+    """Create an empty volume in ``backing`` (created 0700 if missing; must be empty)."""
+    if backing.exists():
+        if not backing.is_dir():
+            raise UsageError(f"{backing} exists and is not a directory")
+        if any(backing.iterdir()):
+            raise BackingNotEmpty(
+                f"{backing} is not empty: a volume is created in an empty folder "
+                "(to encrypt existing images into a new volume, use 'encfs-pacs import')"
+            )
+    elif not backing.parent.is_dir():
+        raise BackingMissing(f"cannot create {backing}: its parent folder {backing.parent} does not exist")
+    if chunk_size not in volume_config.ALLOWED_CHUNK_SIZES:
+        raise UsageError(f"chunk size {chunk_size} is not a power of two between 4096 and 1048576")
+    if not keys.MIN_SCRYPT_LOG_N <= scrypt_log_n <= 24:
+        raise UsageError(f"scrypt cost 2^{scrypt_log_n} is outside 2^{keys.MIN_SCRYPT_LOG_N}..2^24")
+    backing.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(backing, 0o700)  # mkdir honours umask and an existing folder keeps its mode
+    master = keys.new_master_key()
+    if secret.kind == "passphrase":
+        scrypt = keys.ScryptParams.fresh(scrypt_log_n)
+        kdf = KDF_SCRYPT
+    else:
+        scrypt, kdf = None, KDF_KEYFILE
+    draft = VolumeConfig(
+        key_id=keys.key_id(master), kdf=kdf, scrypt=scrypt, wrap_nonce=b"", wrapped_key=b"",
+        chunk_size=chunk_size, extra={"created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+    )
+    nonce, sealed = keys.wrap_master_key(master, _wrapping_key(secret, draft), draft.wrap_associated_data())
+    config = VolumeConfig(**{**draft.__dict__, "wrap_nonce": nonce, "wrapped_key": sealed})
+    meta = backing / META_DIR
+    meta.mkdir(mode=0o700)
+    _write_file_atomically(config_path(backing), config.to_json())
+    _fsync_dir(backing)
+    return config
+
+
+def read_config(backing: Path) -> VolumeConfig:
+    if not backing.exists():
+        raise BackingMissing(f"backing folder {backing} does not exist")
+    if not backing.is_dir():
+        raise NotAVolume(f"{backing} is not a folder, so it is not an encfs-pacs volume")
+    path = config_path(backing)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise NotAVolume(
+            f"{backing} is not an encfs-pacs volume (no {META_DIR}/{CONFIG_FILE}); "
+            "create one with 'encfs-pacs init'"
+        ) from None
+    except PermissionError:
+        raise CorruptConfig(f"cannot read {path}: permission denied (run as the volume's owner)") from None
+    return volume_config.parse(raw)
+
+
+def unlock(backing: Path, secret: Secret) -> Volume:
+    config = read_config(backing)
+    master = keys.unwrap_master_key(
+        config.wrap_nonce, config.wrapped_key, _wrapping_key(secret, config),
+        config.wrap_associated_data(), config.key_id,
+    )
+    return Volume(backing, config, master)
+
+
+# ---------------------------------------------------------------------------- open files
+
+
+class FileState:
+    """Shared by every handle on one backing inode: lock, cipher and exact plaintext size."""
+
+    def __init__(self, volume: Volume, fd: int, key: tuple[int, int]) -> None:
+        self.volume = volume
+        self.key = key
+        self.lock = threading.RLock()
+        self.refs = 0
+        self._cipher: FileCipher | None = None
+        self.size = volume.layout.plaintext_size_lenient(os.fstat(fd).st_size)
+
+    def cipher(self, fd: int) -> FileCipher:
+        if self._cipher is None:
+            header = os.pread(fd, HEADER_BYTES, 0)
+            self._cipher = self.volume.cipher_for(decode_header(header))
+        return self._cipher
+
+    def reset_cipher(self, cipher: FileCipher) -> None:
+        self._cipher = cipher
+
+
+class OpenFile:
+    """One open handle: a read-write backing descriptor plus the inode's shared state."""
+
+    def __init__(self, volume: Volume, fd: int, state: FileState, flags: int) -> None:
+        self.volume = volume
+        self.fd = fd
+        self.state = state
+        self.append = bool(flags & os.O_APPEND)
+        self.layout = volume.layout
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(self, size: int, offset: int) -> bytes:
+        with self.state.lock:
+            file_size = self.state.size
+            end = min(offset + size, file_size)
+            if offset >= end:
+                return b""
+            return self._read_plain(offset, end, file_size)
+
+    def _read_chunks(self, first: int, last: int, file_size: int) -> list[bytes]:
+        """Decrypt chunks first..last (inclusive) of a file of ``file_size`` plaintext bytes."""
+        layout = self.layout
+        cipher = self.state.cipher(self.fd)
+        final_index = layout.chunk_count(file_size) - 1
+        start = layout.chunk_offset(first)
+        want = layout.ciphertext_size(file_size) - start if last == final_index else (
+            layout.chunk_offset(last + 1) - start)
+        raw = os.pread(self.fd, want, start)
+        if len(raw) != want:
+            raise IntegrityError(f"file is shorter than its size says (chunk {first}..{last} missing)")
+        step = layout.stored_chunk_size
+        view = memoryview(raw)
+        return [
+            cipher.decrypt_chunk(i, view[(i - first) * step:(i - first + 1) * step], i == final_index)
+            for i in range(first, last + 1)
+        ]
+
+    def _read_plain(self, offset: int, end: int, file_size: int) -> bytes:
+        cs = self.layout.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        plain = b"".join(self._read_chunks(first, last, file_size))
+        return plain[offset - first * cs:end - first * cs]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, data: bytes, offset: int) -> int:
+        with self.state.lock:
+            if self.append:
+                offset = self.state.size
+            if offset > self.state.size:
+                self._grow(offset)  # POSIX: the gap reads as zeros (stored encrypted, not as holes)
+            self._write_at(offset, bytes(data))
+        return len(data)
+
+    def truncate(self, length: int) -> None:
+        with self.state.lock:
+            if length > self.state.size:
+                self._grow(length)
+            elif length < self.state.size:
+                self._shrink(length)
+
+    def _grow(self, new_size: int) -> None:
+        batch = GROW_BATCH * self.layout.chunk_size
+        while self.state.size < new_size:
+            self._write_at(self.state.size, bytes(min(batch, new_size - self.state.size)))
+
+    def _shrink(self, new_size: int) -> None:
+        layout, cs = self.layout, self.layout.chunk_size
+        last = layout.chunk_count(new_size) - 1
+        keep = new_size - last * cs
+        tail = self._read_chunks(last, last, self.state.size)[0][:keep]
+        cipher = self.state.cipher(self.fd)
+        self._pwrite_all(cipher.encrypt_chunk(last, tail, final=True), layout.chunk_offset(last))
+        os.ftruncate(self.fd, layout.ciphertext_size(new_size))
+        self.state.size = new_size
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` <= size: re-encrypt exactly the chunks it touches."""
+        if not data:
+            return
+        layout, cs = self.layout, self.layout.chunk_size
+        old_size = self.state.size
+        end = offset + len(data)
+        new_size = max(old_size, end)
+        old_final = layout.chunk_count(old_size) - 1
+        new_final = layout.chunk_count(new_size) - 1
+        first, last = offset // cs, (end - 1) // cs
+        # The old final chunk loses its "final" mark when the file grows past it, so it is
+        # re-encrypted even if no new byte lands in it (otherwise truncation detection breaks).
+        start = min(first, old_final) if new_final > old_final else first
+        cipher = self.state.cipher(self.fd)
+        sealed = []
+        for index in range(start, last + 1):
+            chunk_start = index * cs
+            chunk_end = min(chunk_start + cs, new_size)
+            if offset <= chunk_start and end >= chunk_end:
+                plain = data[chunk_start - offset:chunk_end - offset]
+            else:
+                old = self._read_chunks(index, index, old_size)[0] if index <= old_final else b""
+                buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
+                lo, hi = max(offset, chunk_start), min(end, chunk_end)
+                if lo < hi:
+                    buf[lo - chunk_start:hi - chunk_start] = data[lo - offset:hi - offset]
+                plain = bytes(buf)
+            sealed.append(cipher.encrypt_chunk(index, plain, final=index == new_final))
+        self._pwrite_all(b"".join(sealed), layout.chunk_offset(start))
+        self.state.size = new_size
+
+    def _pwrite_all(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    # -- the rest ----------------------------------------------------------------------------
+
+    def fsync(self, datasync: bool) -> None:
+        (os.fdatasync if datasync else os.fsync)(self.fd)
+
+    def stat(self) -> dict[str, float]:
+        return self.volume.stat_dict(os.fstat(self.fd), self.state.size)
+
+    def close(self) -> None:
+        self.volume.release_state(self.state)
+        os.close(self.fd)
+
+
+# ---------------------------------------------------------------------------- the volume
+
+
+# stat() as a dict in the fusepy convention; times are integer nanoseconds (use_ns).
+_STAT_FIELDS = {"st_mode": "st_mode", "st_ino": "st_ino", "st_dev": "st_dev", "st_nlink": "st_nlink",
+                "st_uid": "st_uid", "st_gid": "st_gid", "st_size": "st_size", "st_blocks": "st_blocks",
+                "st_blksize": "st_blksize", "st_atime": "st_atime_ns", "st_mtime": "st_mtime_ns",
+                "st_ctime": "st_ctime_ns"}
+
+
+class Volume:
+    def __init__(self, backing: Path, config: VolumeConfig, master_key: bytes) -> None:
+        self.backing = backing.resolve()
+        self.config = config
+        self.layout = Layout(config.chunk_size)
+        self._key_id = config.key_id
+        self._content_root = keys.content_key(master_key)
+        self._states: dict[tuple[int, int], FileState] = {}
+        self._states_lock = threading.Lock()
+        self._root = str(self.backing)
+
+    def cipher_for(self, file_id: bytes) -> FileCipher:
+        return FileCipher(self._content_root, self._key_id, file_id)
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def backing_path(self, path: str, lookup: bool = False) -> str:
+        """Map a mount path to its backing path. The single place names are translated, so
+        name encryption (a future feature flag) changes this function and nothing else."""
+        relative = path.lstrip("/")
+        if relative.split("/", 1)[0] == META_DIR:
+            if lookup:
+                raise FileNotFoundError(errno.ENOENT, "reserved name", path)
+            raise ReservedName(f"{META_DIR} is reserved for the volume's own metadata")
+        return os.path.join(self._root, relative) if relative else self._root
+
+    # -- file states -------------------------------------------------------------------------
+
+    def _attach(self, fd: int, flags: int) -> OpenFile:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self._states_lock:
+            state = self._states.get(key)
+            if state is None:
+                state = self._states[key] = FileState(self, fd, key)
+            state.refs += 1
+        return OpenFile(self, fd, state, flags)
+
+    def release_state(self, state: FileState) -> None:
+        with self._states_lock:
+            state.refs -= 1
+            if state.refs == 0:
+                del self._states[state.key]
+
+    def _open_size(self, st: os.stat_result) -> int | None:
+        state = self._states.get((st.st_dev, st.st_ino))
+        return None if state is None else state.size
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def stat_dict(self, st: os.stat_result, plain_size: int | None = None) -> dict[str, float]:
+        attrs = {key: getattr(st, name) for key, name in _STAT_FIELDS.items()}
+        if stat.S_ISREG(st.st_mode):
+            if plain_size is None:
+                plain_size = self._open_size(st)
+            attrs["st_size"] = (
+                plain_size if plain_size is not None else self.layout.plaintext_size_lenient(st.st_size)
+            )
+        return attrs
+
+    def getattr(self, path: str) -> dict[str, float]:
+        try:
+            return self.stat_dict(os.lstat(self.backing_path(path, lookup=True)))
+        except FileNotFoundError:
+            return self.stat_dict(os.lstat(self._orphan_of(path)))
+
+    def _orphans(self) -> str:
+        return os.path.join(self._root, META_DIR, ORPHANS_DIR)
+
+    def _orphan_of(self, path: str) -> str:
+        """Where a hidden unlinked-open file went if its directory was removed (see rmdir)."""
+        name = os.path.basename(path)
+        if not name.startswith(FUSE_HIDDEN_PREFIX):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return os.path.join(self._orphans(), name)
+
+    def open_dir(self, path: str) -> int:
+        """A descriptor on the backing directory: listing by descriptor keeps working when the
+        directory is renamed or removed while open, as on a local disk."""
+        return os.open(self.backing_path(path, lookup=True), os.O_RDONLY | os.O_DIRECTORY)
+
+    def list_dir(self, dir_fd: int) -> Iterator[tuple[str, dict[str, float]]]:
+        at_root = os.path.samestat(os.fstat(dir_fd), os.stat(self._root))
+        with os.scandir(dir_fd) as entries:
+            for entry in entries:
+                if (at_root and entry.name == META_DIR) or entry.name.startswith(FUSE_HIDDEN_PREFIX):
+                    continue
+                try:
+                    yield entry.name, self.stat_dict(entry.stat(follow_symlinks=False))
+                except FileNotFoundError:  # removed while we listed: skip, as ls would
+                    continue
+
+    def statfs(self) -> dict[str, int]:
+        sv = os.statvfs(self._root)
+        return {name: getattr(sv, name) for name in (
+            "f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree", "f_favail",
+            "f_flag", "f_namemax")}
+
+    # -- files -------------------------------------------------------------------------------
+
+    def open(self, path: str, flags: int) -> OpenFile:
+        # Backing files are opened read-write for any write access: partial chunk writes must
+        # read the chunk back, and a write-only backing fd under a shared mmap (SQLite -shm)
+        # makes the PACS die with SIGBUS.
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        fd = os.open(self.backing_path(path), (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW)
+        try:
+            handle = self._attach(fd, flags)
+        except BaseException:
+            os.close(fd)
+            raise
+        if flags & os.O_TRUNC:
+            try:
+                self._reset_to_empty(handle)
+            except BaseException:
+                handle.close()
+                raise
+        return handle
+
+    def create(self, path: str, mode: int, flags: int, owner: tuple[int, int] | None = None) -> OpenFile:
+        target = self.backing_path(path)
+        try:
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            return self.open(path, flags)  # lost a create race: behave like open(O_CREAT)
+        try:
+            os.fchmod(fd, mode & 0o7777)
+            if owner is not None:
+                os.fchown(fd, *owner)
+            handle = self._attach(fd, flags)
+            self._reset_to_empty(handle)
+        except BaseException:
+            os.close(fd)
+            os.unlink(target)
+            raise
+        return handle
+
+    def _reset_to_empty(self, handle: OpenFile) -> None:
+        """Give the file a fresh file ID and one empty final chunk (create and O_TRUNC).
+
+        A new file ID means no chunk of the old content can ever be replayed into the new one."""
+        state = handle.state
+        with state.lock:
+            file_id = new_file_id()
+            cipher = self.cipher_for(file_id)
+            os.ftruncate(handle.fd, 0)
+            handle._pwrite_all(encode_header(file_id) + cipher.encrypt_chunk(0, b"", final=True), 0)
+            state.reset_cipher(cipher)
+            state.size = 0
+
+    def truncate(self, path: str, length: int) -> None:
+        handle = self.open(path, os.O_RDWR)
+        try:
+            handle.truncate(length)
+        finally:
+            handle.close()
+
+    # -- namespace ---------------------------------------------------------------------------
+
+    def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> None:
+        target = self.backing_path(path)
+        os.mkdir(target, mode & 0o7777)
+        os.chmod(target, mode & 0o7777)
+        if owner is not None:
+            os.lchown(target, *owner)
+
+    def rmdir(self, path: str) -> None:
+        target = self.backing_path(path)
+        try:
+            os.rmdir(target)
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+            names = os.listdir(target)
+            if not all(name.startswith(FUSE_HIDDEN_PREFIX) for name in names):
+                raise
+            # Only files that are unlinked but still open remain: on a local disk the directory
+            # would be empty, so move them aside (their handles keep working) and remove it.
+            os.makedirs(self._orphans(), mode=0o700, exist_ok=True)
+            for name in names:
+                os.rename(os.path.join(target, name), os.path.join(self._orphans(), name))
+            os.rmdir(target)
+
+    def unlink(self, path: str) -> None:
+        try:
+            os.unlink(self.backing_path(path))
+        except FileNotFoundError:
+            os.unlink(self._orphan_of(path))
+
+    def remove_stale_orphans(self) -> int:
+        """At mount no file is open, so orphans left by a crash can go. Returns how many."""
+        try:
+            names = os.listdir(self._orphans())
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            os.unlink(os.path.join(self._orphans(), name))
+        return len(names)
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        source, target = self.backing_path(old), self.backing_path(new)
+        if not flags:
+            os.rename(source, target)
+            return
+        # RENAME_NOREPLACE / RENAME_EXCHANGE (mv -n, atomic swaps) need renameat2, which
+        # Python's os module lacks; the backing file system decides whether it supports them.
+        at_fdcwd = -100
+        if _libc.renameat2(at_fdcwd, source.encode(), at_fdcwd, target.encode(), flags) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), new)
+
+    def symlink(self, path: str, target: str, owner: tuple[int, int] | None = None) -> None:
+        link = self.backing_path(path)
+        os.symlink(target, link)  # link targets are names: stored in plaintext like all names (v1)
+        if owner is not None:
+            os.lchown(link, *owner)
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self.backing_path(path, lookup=True))
+
+    def link(self, path: str, existing: str) -> None:
+        os.link(self.backing_path(existing), self.backing_path(path), follow_symlinks=False)
+
+    def chmod(self, path: str, mode: int) -> None:
+        target = self.backing_path(path)
+        if stat.S_ISLNK(os.lstat(target).st_mode):
+            return  # Linux has no symlink modes
+        os.chmod(target, mode & 0o7777)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        os.lchown(self.backing_path(path), uid, gid)
+
+    def utimens(self, path: str, atime_ns: int | None, mtime_ns: int | None) -> None:
+        """Set times in nanoseconds; None keeps that time unchanged (utimensat's UTIME_OMIT)."""
+        target = self.backing_path(path)
+        if atime_ns is None or mtime_ns is None:
+            st = os.lstat(target)
+            atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+            mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+        os.utime(target, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+
+    def mknod(self, path: str, mode: int, dev: int, owner: tuple[int, int] | None = None) -> None:
+        if stat.S_ISREG(mode):
+            self.create(path, mode, os.O_WRONLY | os.O_EXCL, owner).close()
+            return
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise PermissionError(errno.EPERM, "device files are not allowed in a volume", path)
+        target = self.backing_path(path)
+        os.mknod(target, mode, dev)
+        if owner is not None:
+            os.lchown(target, *owner)
+
+
+    def describe(self) -> str:
+        """One line for logs: which volume, never any key material."""
+        return json.dumps({"backing": self._root, "key_id": self._key_id.hex(),
+                           "chunk_size": self.layout.chunk_size})
