@@ -1,0 +1,40 @@
+# Set-up and entry points. Every target installs what it is missing itself and is idempotent:
+# on a fresh Debian machine as root, `make demo` and `make test` are all you need.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the mount and the tests use at run time.
+APT_PACKAGES := fuse3
+
+.PHONY: demo test setup apt lint clean
+
+demo: setup
+	$(BIN)/encfs-pacs demo
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check encfs_pacs tests
+
+setup: apt $(VENV)/.installed
+
+# Install only what is missing, so a second run costs nothing and needs no network.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
