@@ -84,6 +84,12 @@ class Layout:
             return full * self.chunk_size
         if tail < CHUNK_OVERHEAD:
             raise IntegrityError(f"file is truncated mid-chunk ({cipher_size} bytes)")
+        # An empty final chunk after full chunks is never written (a file of n*chunk_size bytes
+        # ends with a full final chunk). Without this check, 28 bytes appended to such a file
+        # would map to the same plaintext size as the untouched file, so the two ciphertext
+        # sizes would not be distinguishable and the appended bytes would go unnoticed.
+        if tail == CHUNK_OVERHEAD and full > 0:
+            raise IntegrityError(f"file has bytes appended after its final chunk ({cipher_size} bytes)")
         return full * self.chunk_size + tail - CHUNK_OVERHEAD
 
     def plaintext_size_lenient(self, cipher_size: int) -> int:
