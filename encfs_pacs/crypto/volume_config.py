@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptConfig, UnsupportedFormat
-from .keys import ScryptParams
+from .keys import KEY_ID_BYTES, MASTER_KEY_BYTES, WRAP_NONCE_BYTES, ScryptParams
 
 FORMAT_NAME = "encfs-pacs volume"
 CONFIG_VERSION = 1
@@ -104,6 +104,10 @@ def parse(raw: bytes) -> VolumeConfig:
             f"{CONFIG_VERSION} only: upgrade encfs-pacs to open it"
         )
     features = _field(doc, "features", list)
+    # Checked before the membership test below: an unhashable entry (a JSON object or list)
+    # would otherwise escape as a TypeError, i.e. an internal error instead of CorruptConfig.
+    if not all(isinstance(f, str) for f in features):
+        raise CorruptConfig("volume config is damaged: 'features' must be a list of strings")
     unknown = sorted(str(f) for f in features if f not in KNOWN_FEATURES)
     if unknown:
         raise UnsupportedFormat(
@@ -120,6 +124,10 @@ def parse(raw: bytes) -> VolumeConfig:
         key_id = bytes.fromhex(_field(doc, "key_id", str))
     except ValueError:
         raise CorruptConfig("volume config is damaged: 'key_id' is not hexadecimal") from None
+    # The chunk AAD packs the key ID into a fixed 16-byte field, which would silently pad or cut
+    # an ID of another length: refuse it here rather than rely on unlock failing later.
+    if len(key_id) != KEY_ID_BYTES:
+        raise CorruptConfig(f"volume config is damaged: 'key_id' must be {KEY_ID_BYTES} bytes")
     kdf_doc = _field(doc, "kdf", dict)
     algorithm = _field(kdf_doc, "algorithm", str, "kdf.")
     scrypt = None
@@ -135,13 +143,19 @@ def parse(raw: bytes) -> VolumeConfig:
     elif algorithm != KDF_KEYFILE:
         raise UnsupportedFormat(f"this volume's key is wrapped with {algorithm!r}, which this version lacks")
     wrapped = _field(doc, "wrapped_master_key", dict)
+    wrap_nonce = _unb64(wrapped, "nonce", "wrapped_master_key.")
+    wrapped_key = _unb64(wrapped, "ciphertext", "wrapped_master_key.")
+    # A nonce of another length made AESGCM raise ValueError at unlock (an internal error with
+    # a traceback); the sealed key is always the 32-byte master key plus a 16-byte tag.
+    if len(wrap_nonce) != WRAP_NONCE_BYTES or len(wrapped_key) != MASTER_KEY_BYTES + 16:
+        raise CorruptConfig("volume config is damaged: 'wrapped_master_key' has a wrong length")
     known = {"format", "version", "features", "chunk_size", "key_id", "kdf", "wrapped_master_key"}
     return VolumeConfig(
         key_id=key_id,
         kdf=algorithm,
         scrypt=scrypt,
-        wrap_nonce=_unb64(wrapped, "nonce", "wrapped_master_key."),
-        wrapped_key=_unb64(wrapped, "ciphertext", "wrapped_master_key."),
+        wrap_nonce=wrap_nonce,
+        wrapped_key=wrapped_key,
         chunk_size=chunk_size,
         features=tuple(features),
         version=version,
