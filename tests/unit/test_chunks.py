@@ -45,8 +45,8 @@ KAT_SMALL_PLAIN = b"encfs-pacs known-answer test\n"
 KAT_SMALL_FILE = (
     "4550414301000000404142434445464748494a4b4c4d4e4f"  # header: EPAC, v1, flags 0, file ID
     "a0a0a0a0a0a0a0a0a0a0a0a0"  # nonce of chunk 0
-    "cf0fbf348082d6827b6b56ece5dcbcbb10bf98a124b9bf481ed251c9dfbc873481ea9d82d6"  # ciphertext
-    "bf5de6f26ae3eaf4"  # (the last 16 bytes are the tag)
+    "cf0fbf348082d6827b6b56ece5dcbcbb10bf98a124b9bf481ed251c9df"  # ciphertext (29 bytes)
+    "bc873481ea9d82d6bf5de6f26ae3eaf4"  # tag
 )
 KAT_EMPTY_FILE = (
     "4550414301000000404142434445464748494a4b4c4d4e4f"
@@ -323,3 +323,23 @@ def test_truncated_stored_chunk() -> None:
     cipher = FileCipher(keys.content_key(KAT_MASTER), keys.key_id(KAT_MASTER), KAT_FILE_ID)
     with pytest.raises(IntegrityError):
         cipher.decrypt_chunk(0, bytes(27), True)
+
+
+def test_docs_state_the_labels_and_vectors() -> None:
+    """docs/file-format.md quotes every HKDF label of crypto/keys.py and the vectors above."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "file-format.md").read_text(encoding="utf-8")
+    source = (root / "encfs_pacs" / "crypto" / "keys.py").read_text(encoding="utf-8")
+    labels = {node.value.decode() for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Constant) and isinstance(node.value, bytes)
+              and node.value.startswith(b"encfs-pacs")}
+    assert labels == {"encfs-pacs v1 key id", "encfs-pacs v1 file content", "encfs-pacs v1 file key "}
+    for label in labels:
+        assert f'"{label.strip()}"' in doc
+    small = KAT_SMALL_FILE[48 + 24:]  # the worked example: ciphertext, then tag
+    vectors = (KAT_KEY_ID, KAT_CONTENT_KEY, KAT_FILE_KEY, KAT_WRAP_AAD.decode(), small[:-32], small[-32:])
+    for vector in vectors:
+        assert vector in doc
