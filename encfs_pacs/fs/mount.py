@@ -228,15 +228,25 @@ def unmount(mountpoint: Path, timeout: float = 30.0) -> None:
         _wait_for_exit(int(daemon["pid"]), timeout)
 
 
+def _has_exited(pid: int) -> bool:
+    """True once ``pid`` is gone *or a zombie*. The daemon is not our child (the mount command
+    that forked it has exited), so its zombie lingers until init reaps it; an init that reaps
+    late or never (a container's PID 1) would otherwise hold up every unmount until the timeout."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat_file:
+            state = stat_file.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
 def _wait_for_exit(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
+        if _has_exited(pid):
+            return
         time.sleep(0.02)
     log.warning("mount daemon %d is still running %.0f s after unmount", pid, timeout)
