@@ -12,6 +12,7 @@ open. Different files never contend.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -314,7 +315,8 @@ class OpenFile:
         return self.volume.stat_dict(os.fstat(self.fd), self.state.size)
 
     def close(self) -> None:
-        self.volume.release_state(self.state)
+        if self.volume.release_state(self.state):
+            self.volume.remove_closed_orphan(os.fstat(self.fd))
         os.close(self.fd)
 
 
@@ -366,11 +368,14 @@ class Volume:
             state.refs += 1
         return OpenFile(self, fd, state, flags)
 
-    def release_state(self, state: FileState) -> None:
+    def release_state(self, state: FileState) -> bool:
+        """Drop one handle's reference; True if it was the inode's last open handle."""
         with self._states_lock:
             state.refs -= 1
             if state.refs == 0:
                 del self._states[state.key]
+                return True
+            return False
 
     def _open_size(self, st: os.stat_result) -> int | None:
         state = self._states.get((st.st_dev, st.st_ino))
@@ -518,6 +523,22 @@ class Volume:
             os.unlink(self.backing_path(path))
         except FileNotFoundError:
             os.unlink(self._orphan_of(path))
+
+    def remove_closed_orphan(self, st: os.stat_result) -> None:
+        """Delete an orphan (see rmdir) once its last handle closes.
+
+        libfuse would unlink the .fuse_hidden file at the last close, but after its directory
+        was removed libfuse has no path for it any more and skips the unlink: without this the
+        deleted file's ciphertext stayed in the backing folder until the next mount."""
+        try:
+            names = os.listdir(self._orphans())
+        except FileNotFoundError:
+            return  # the usual case: no file was ever orphaned
+        for name in names:
+            path = os.path.join(self._orphans(), name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.lstat(path), st):
+                    os.unlink(path)
 
     def remove_stale_orphans(self) -> int:
         """At mount no file is open, so orphans left by a crash can go. Returns how many."""
