@@ -1,0 +1,188 @@
+"""Shared fixtures: a fresh volume made by the CLI, and a real FUSE mount of it.
+
+The mount fixtures drive the operator CLI exactly as an operator would
+(``python -m encfs_pacs init/mount/unmount``), always unmount in teardown, and fail the test
+if the daemon logged an internal error or a traceback. A session-level check fails the run if
+any FUSE mount under pytest's temporary folders is still mounted at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PASSPHRASE = "integration tests: not a real secret"
+TEST_SCRYPT_LOG_N = "12"  # the hidden low-cost KDF option: unlocking takes milliseconds
+CLI_TIMEOUT = 120
+
+
+def _fuse_unavailable() -> str | None:
+    """Why a real mount is impossible here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (no FUSE kernel support in this environment)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (install the fuse3 package)"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: needs a real FUSE mount")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _fuse_unavailable()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"integration test skipped: {reason}")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def run_cli(*args: str | os.PathLike[str], check: bool = True,
+            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``encfs-pacs`` with this interpreter (works in any venv, no console script needed)."""
+    result = subprocess.run([sys.executable, "-m", "encfs_pacs", *map(str, args)],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"encfs-pacs {' '.join(map(str, args))} failed with exit code "
+                             f"{result.returncode}:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def fuse_mounts() -> list[str]:
+    """Mount points of every FUSE file system visible to this process."""
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0].startswith("fuse"):
+                points.append(_unescape_mountinfo(left.split(" ")[4]))
+    return points
+
+
+def is_fuse_mounted(path: Path) -> bool:
+    return os.path.realpath(path) in fuse_mounts()
+
+
+def force_unmount(path: Path) -> None:
+    """Last resort: lazy unmount, which also detaches a mount whose daemon died."""
+    subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, check=False, timeout=60)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class Mounted:
+    """A volume mounted through the CLI. ``unmount``/``mount`` allow remount tests."""
+
+    backing: Path
+    mountpoint: Path
+    log_file: Path
+    passphrase_file: Path
+
+    def mount(self) -> None:
+        run_cli("mount", self.backing, self.mountpoint, "--passphrase-file", self.passphrase_file,
+                "--log-file", self.log_file)
+        assert is_fuse_mounted(self.mountpoint), f"{self.mountpoint} is not in the mount table after mount"
+
+    def unmount(self) -> None:
+        """Clean unmount via the CLI (waits for the daemon to finish); fails the test if refused."""
+        run_cli("unmount", self.mountpoint)
+        assert not is_fuse_mounted(self.mountpoint), f"{self.mountpoint} is still mounted after unmount"
+
+    @property
+    def is_mounted(self) -> bool:
+        return is_fuse_mounted(self.mountpoint)
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@pytest.fixture
+def passphrase_file(tmp_path: Path) -> Path:
+    path = tmp_path / "passphrase.txt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(PASSPHRASE + "\n")
+    return path
+
+
+@pytest.fixture
+def volume(tmp_path: Path, passphrase_file: Path) -> Path:
+    """A fresh, empty volume created with ``encfs-pacs init`` (low scrypt cost)."""
+    reason = _fuse_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    backing = tmp_path / "backing"
+    run_cli("init", backing, "--passphrase-file", passphrase_file, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
+    return backing
+
+
+@pytest.fixture
+def mounted(tmp_path: Path, volume: Path, passphrase_file: Path) -> Iterator[Mounted]:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    m = Mounted(backing=volume, mountpoint=mountpoint, log_file=tmp_path / "daemon.log",
+                passphrase_file=passphrase_file)
+    m.mount()
+    try:
+        yield m
+    finally:
+        unmount_problem = _teardown_unmount(m)
+        log = m.log()
+        if "internal error" in log or "Traceback" in log:
+            pytest.fail(f"the mount daemon logged an internal error:\n{log}", pytrace=False)
+        if unmount_problem:
+            pytest.fail(unmount_problem, pytrace=False)
+
+
+def _teardown_unmount(m: Mounted) -> str | None:
+    """Unmount whatever state the test left; return a complaint if the clean way failed."""
+    if not m.is_mounted:
+        return None
+    result = run_cli("unmount", m.mountpoint, check=False)
+    if result.returncode == 0 and not m.is_mounted:
+        return None
+    force_unmount(m.mountpoint)
+    return (f"'encfs-pacs unmount {m.mountpoint}' failed at teardown (exit {result.returncode}: "
+            f"{result.stderr.strip()}); a lazy fusermount3 -uz was needed")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    base = os.path.realpath(tmp_path_factory.getbasetemp())
+    yield
+    left = [p for p in fuse_mounts() if p == base or p.startswith(base + os.sep)]
+    for point in left:
+        force_unmount(Path(point))  # do not leave the machine dirty, but do report it
+    if left:
+        pytest.fail(f"FUSE mounts left behind at the end of the session: {left}", pytrace=False)
