@@ -224,6 +224,24 @@ def test_rename_exchange_swaps(mnt: Path) -> None:
     assert read_all(mnt / "y") == b"xx"
 
 
+def test_rename_folder_over_folder_holding_only_an_unlinked_open_file(mnt: Path, plain: Path) -> None:
+    """On a local disk the target folder is empty, so rename replaces it (found by test_model)."""
+    for root in (mnt, plain):
+        (root / "src").mkdir()
+        (root / "src" / "kept").write_bytes(b"kept")
+        (root / "dst").mkdir()
+        fd = os.open(root / "dst" / "open", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"open file")
+            os.unlink(root / "dst" / "open")
+            os.rename(root / "src", root / "dst")
+            assert os.pread(fd, 100, 0) == b"open file"
+        finally:
+            os.close(fd)
+        assert os.listdir(root) == ["dst"]
+        assert os.listdir(root / "dst") == ["kept"]
+
+
 def test_unlink_and_rmdir(mnt: Path, backing: Path) -> None:
     (mnt / "d" / "e").mkdir(parents=True)
     (mnt / "d" / "f").write_bytes(b"f")
