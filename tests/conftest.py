@@ -27,6 +27,8 @@ def _fuse_unavailable() -> str | None:
     """Why a real mount is impossible here, or None."""
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse is missing (no FUSE kernel support in this environment)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not readable and writable by this user"
     if shutil.which("fusermount3") is None:
         return "fusermount3 is not installed (install the fuse3 package)"
     return None
@@ -153,8 +155,8 @@ def mounted(tmp_path: Path, volume: Path, passphrase_file: Path) -> Iterator[Mou
     mountpoint.mkdir()
     m = Mounted(backing=volume, mountpoint=mountpoint, log_file=tmp_path / "daemon.log",
                 passphrase_file=passphrase_file)
-    m.mount()
     try:
+        m.mount()  # inside the try: a mount that half-succeeded is cleaned up too
         yield m
     finally:
         unmount_problem = _teardown_unmount(m)

@@ -117,6 +117,23 @@ def test_o_trunc_discards_the_old_content(mnt: Path, backing: Path) -> None:
     assert (backing / "t").stat().st_size == backing_size(5)
 
 
+def test_partial_chunk_write_through_a_write_only_handle(mnt: Path) -> None:
+    """Changing a few bytes of a chunk means reading and re-encrypting the whole chunk, so even
+    an O_WRONLY handle (Orthanc's writes, SQLite's journals) needs a readable backing file."""
+    path = mnt / "f"
+    data = bytearray(pattern(2 * CHUNK + 10))
+    path.write_bytes(data)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"1234", CHUNK + 100)
+        os.pwrite(fd, b"tail", len(data) - 2)
+    finally:
+        os.close(fd)
+    data[CHUNK + 100:CHUNK + 104] = b"1234"
+    data[len(data) - 2:] = b"tail"
+    assert read_all(path) == data
+
+
 def test_o_append_always_writes_at_the_end(mnt: Path, plain: Path) -> None:
     results = []
     for root in (mnt, plain):
@@ -638,6 +655,36 @@ def test_concurrent_chunk_writes_and_reads_never_tear(mnt: Path) -> None:
         region = data[offset:offset + length]
         assert region[0] in (0x11, 0x22, 0x33, 0x44) and region.count(region[0]) == length
     assert data[:CHUNK] == bytes(CHUNK)
+
+
+def test_parallel_preads_on_one_shared_descriptor(mounted) -> None:
+    """Orthanc's HTTP threads read one open file in parallel: every range must be right."""
+    mnt = mounted.mountpoint
+    data = pattern(40 * CHUNK + 333)
+    (mnt / "ct.dcm").write_bytes(data)
+    mounted.unmount()  # cold cache: the reads reach the daemon
+    mounted.mount()
+    errors: list[str] = []
+    for flags in (os.O_RDONLY, os.O_RDONLY | os.O_DIRECT):
+        fd = os.open(mnt / "ct.dcm", flags)
+
+        def reader(seed: int, fd: int = fd, flags: int = flags) -> None:
+            rnd = random.Random(seed)
+            for _ in range(60):
+                offset, length = rnd.randrange(len(data)), rnd.choice([4096, CHUNK, 3 * CHUNK + 17])
+                got = os.pread(fd, length, offset)
+                if got != data[offset:offset + length]:
+                    errors.append(f"flags {flags:#o}: wrong bytes at {offset}+{length}")
+
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(8)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            os.close(fd)
+    assert not errors, errors[:5]
 
 
 def test_concurrent_writers_to_different_regions_of_one_file(mnt: Path) -> None:
