@@ -413,6 +413,81 @@ def test_hard_link_sees_a_write_through_the_other_name_at_once(mnt: Path) -> Non
     assert read_all(mnt / "b") == b"first" + bytes(CHUNK - 4) + b"grown via a"
 
 
+def test_unusual_names(mnt: Path, plain: Path) -> None:
+    names = ["with space", "ümlaut-漢字.dcm", "-leading-dash", "new\nline", "x" * 255, ".hidden",
+             "CT.1.2.840.113619.2.55.3.604688119.969.1268071029.320"]
+    for root in (mnt, plain):
+        for name in names:
+            (root / name).write_bytes(name.encode())
+        with pytest.raises(OSError) as info:
+            (root / ("y" * 256)).write_bytes(b"")
+        assert info.value.errno == errno.ENAMETOOLONG
+    assert sorted(os.listdir(mnt)) == sorted(os.listdir(plain)) == sorted(names)
+    for name in names:
+        assert read_all(mnt / name) == name.encode()
+
+
+def test_fifo_allowed_device_nodes_refused(mnt: Path) -> None:
+    os.mkfifo(mnt / "pipe")
+    assert stat.S_ISFIFO(os.lstat(mnt / "pipe").st_mode)
+    with pytest.raises(PermissionError):
+        os.mknod(mnt / "disk", 0o600 | stat.S_IFBLK, os.makedev(8, 0))
+    assert sorted(os.listdir(mnt)) == ["pipe"]
+
+
+def _as_other_user(uid: int, calls: list) -> list[str]:
+    """Run each call in a forked child with ``uid``; "ok" or "denied" per call. (A fork, not an
+    exec: the test's interpreter is not executable by an unprivileged user.)"""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            results = []
+            for call in calls:
+                try:
+                    call()
+                    results.append("ok")
+                except PermissionError:
+                    results.append("denied")
+            os.write(write_end, " ".join(results).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0, "the unprivileged child failed"
+    return answer.split()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
+def test_file_modes_are_enforced_for_other_users(mnt: Path) -> None:
+    """The daemon runs as root with allow_other: without default_permissions every user of the
+    machine could read every image through the mount."""
+    os.chmod(mnt, 0o755)  # the volume root is 0700 (root only) until the admin opens it up
+    (mnt / "private.dcm").write_bytes(b"secret")
+    os.chmod(mnt / "private.dcm", 0o600)
+    (mnt / "shared.dcm").write_bytes(b"shared")
+    os.chmod(mnt / "shared.dcm", 0o644)
+    root = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)  # the temp path above the mount is root-only
+    try:
+        results = _as_other_user(65534, [
+            lambda: os.close(os.open("private.dcm", os.O_RDONLY, dir_fd=root)),
+            lambda: os.close(os.open("shared.dcm", os.O_RDONLY, dir_fd=root)),
+            lambda: os.close(os.open("shared.dcm", os.O_WRONLY, dir_fd=root)),
+            lambda: os.mkdir("new", dir_fd=root),
+        ])
+    finally:
+        os.close(root)
+    assert results == ["denied", "ok", "denied", "denied"]
+    assert sorted(os.listdir(mnt)) == ["private.dcm", "shared.dcm"]
+
+
 # ---------------------------------------------------------------------------- attributes
 
 
