@@ -112,7 +112,11 @@ def serve(volume: Volume, mountpoint: Path, on_ready: Callable[[], None] | None 
     """Run the file system until it is unmounted. Blocks."""
     as_root = os.geteuid() == 0
 
+    came_up = False
+
     def ready() -> None:
+        nonlocal came_up
+        came_up = True
         _register(mountpoint, volume)
         if on_ready is not None:
             on_ready()
@@ -137,6 +141,11 @@ def serve(volume: Volume, mountpoint: Path, on_ready: Callable[[], None] | None 
     try:
         EncfsFUSE(operations, os.path.abspath(mountpoint), raw_fi=True, foreground=True, **options)
     except RuntimeError as exc:
+        if came_up:
+            # libfuse reports the loop ended by SIGTERM/SIGINT as error 8 after it has already
+            # unmounted cleanly: for us that is the normal way to stop.
+            log.info("stopped by a signal; the mount was removed cleanly")
+            return
         raise MountFailed(f"the kernel refused the mount on {mountpoint} (libfuse error {exc}); "
                           "is fuse3 installed and /dev/fuse usable?") from None
     finally:
