@@ -179,7 +179,19 @@ class FileState:
         self.lock = threading.RLock()
         self.refs = 0
         self._cipher: FileCipher | None = None
-        self.size = volume.layout.plaintext_size_lenient(os.fstat(fd).st_size)
+        stored_size = os.fstat(fd).st_size
+        self.size = volume.layout.plaintext_size_lenient(stored_size)
+        # A length no valid file can have (cut inside the first chunk, say) would otherwise
+        # read as a short or empty file: remember it and refuse every access until rewritten.
+        self.damage: IntegrityError | None = None
+        try:
+            volume.layout.plaintext_size(stored_size)
+        except IntegrityError as exc:
+            self.damage = exc
+
+    def check(self) -> None:
+        if self.damage is not None:
+            raise self.damage
 
     def cipher(self, fd: int) -> FileCipher:
         if self._cipher is None:
@@ -205,6 +217,7 @@ class OpenFile:
 
     def read(self, size: int, offset: int) -> bytes:
         with self.state.lock:
+            self.state.check()
             file_size = self.state.size
             end = min(offset + size, file_size)
             if offset >= end:
@@ -239,6 +252,7 @@ class OpenFile:
 
     def write(self, data: bytes, offset: int) -> int:
         with self.state.lock:
+            self.state.check()
             if self.append:
                 offset = self.state.size
             if offset > self.state.size:
@@ -248,6 +262,10 @@ class OpenFile:
 
     def truncate(self, length: int) -> None:
         with self.state.lock:
+            if length == 0:  # a damaged file can always be emptied and reused, as with O_TRUNC
+                self.volume._reset_to_empty(self)
+                return
+            self.state.check()
             if length > self.state.size:
                 self._grow(length)
             elif length < self.state.size:
@@ -484,6 +502,7 @@ class Volume:
             handle._pwrite_all(encode_header(file_id) + cipher.encrypt_chunk(0, b"", final=True), 0)
             state.reset_cipher(cipher)
             state.size = 0
+            state.damage = None
 
     def truncate(self, path: str, length: int) -> None:
         handle = self.open(path, os.O_RDWR)

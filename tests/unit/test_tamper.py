@@ -133,7 +133,7 @@ TAMPERS: dict[str, tuple[Callable[[Case], bytes], int | None]] = {
     "appended-copy-of-final-chunk": (lambda c: c.blob + c.parts().chunks[-1], None),
     "appended-other-file-final-chunk": (lambda c: c.blob + c.parts("sibling").chunks[-1], None),
 }
-# Cut below the first chunk: the crypto layer refuses these lengths (see the store-level xfail).
+# Cut below the first chunk: the crypto layer and the store both refuse these lengths.
 SHORT_CUTS = {"truncated-to-header-only": HEADER_BYTES, "truncated-to-nothing": 0,
               "truncated-inside-first-nonce": HEADER_BYTES + 5}
 
@@ -314,11 +314,6 @@ def test_store_read_detects(name: str, store_case: StoreCase) -> None:
     store_case.assert_never_wrong(broken)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store bug: OpenFile.read returns b'' for a file cut below its first chunk, because "
-    "FileState takes the lenient size 0 and read() returns before authenticating anything",
-)
 @pytest.mark.parametrize("name", sorted(SHORT_CUTS))
 def test_store_read_detects_short_cuts(name: str, store_case: StoreCase) -> None:
     _tamper_backing(store_case, lambda c: c.blob[:SHORT_CUTS[name]])
@@ -377,11 +372,6 @@ def test_store_write_refuses_tampered_data(
         store_case.read(len(store_case.plain) + 1, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store deviation: FileState sizes files leniently, so 28 bytes appended to a file of "
-    "whole chunks are ignored instead of reported (Layout.plaintext_size rejects the length)",
-)
 def test_store_reports_an_empty_chunk_appended_to_whole_chunks(tmp_path: Path) -> None:
     volume = _make_volume(tmp_path / "vol", 4096)
     plain = bytes(range(256)) * 32  # exactly two chunks
