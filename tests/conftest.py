@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from encfs_pacs.fs.mount import mounted_fuse_filesystems
+
 PASSPHRASE = "integration tests: not a real secret"
 TEST_SCRYPT_LOG_N = "12"  # the hidden low-cost KDF option: unlocking takes milliseconds
 CLI_TIMEOUT = 120
@@ -63,28 +65,9 @@ def run_cli(*args: str | os.PathLike[str], check: bool = True,
     return result
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def fuse_mounts() -> list[str]:
     """Mount points of every FUSE file system visible to this process."""
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            left, _, right = line.partition(" - ")
-            if right.split(" ", 1)[0].startswith("fuse"):
-                points.append(_unescape_mountinfo(left.split(" ")[4]))
-    return points
+    return list(mounted_fuse_filesystems())
 
 
 def is_fuse_mounted(path: Path) -> bool:
