@@ -46,6 +46,7 @@ FUSE_HIDDEN_PREFIX = ".fuse_hidden"
 GROW_BATCH = 64  # chunks encrypted per write when a file grows by truncate/sparse write (4 MiB at 64K)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,8 @@ class OpenFile:
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, data: bytes, offset: int) -> int:
+        if not data:  # a zero-length write past the end must not grow the file
+            return 0
         with self.state.lock:
             self.state.check()
             if self.append:
@@ -315,7 +318,20 @@ class OpenFile:
                     buf[lo - chunk_start:hi - chunk_start] = data[lo - offset:hi - offset]
                 plain = bytes(buf)
             sealed.append(cipher.encrypt_chunk(index, plain, final=index == new_final))
-        self._pwrite_all(b"".join(sealed), layout.chunk_offset(start))
+        # A write that fails half-way (disk full, file size limit) must not cost data that was
+        # already stored: keep the old final chunk's ciphertext to put back, and cut the file
+        # back to its old length, so the file stays exactly as it was before this write.
+        old_final_offset = layout.chunk_offset(old_final)
+        saved_final = (os.pread(self.fd, layout.stored_chunk_size, old_final_offset)
+                       if start <= old_final <= last else None)
+        try:
+            self._pwrite_all(b"".join(sealed), layout.chunk_offset(start))
+        except OSError:
+            if saved_final is not None:
+                self._pwrite_all(saved_final, old_final_offset)
+            if new_size > old_size:
+                os.ftruncate(self.fd, layout.ciphertext_size(old_size))
+            raise
         self.state.size = new_size
 
     def _pwrite_all(self, data: bytes, offset: int) -> None:
@@ -333,9 +349,11 @@ class OpenFile:
         return self.volume.stat_dict(os.fstat(self.fd), self.state.size)
 
     def close(self) -> None:
-        if self.volume.release_state(self.state):
-            self.volume.remove_closed_orphan(os.fstat(self.fd))
-        os.close(self.fd)
+        try:
+            if self.volume.release_state(self.state):
+                self.volume.remove_closed_orphan(os.fstat(self.fd))
+        finally:
+            os.close(self.fd)  # whatever the cleanup did, the descriptor must not leak
 
 
 # ---------------------------------------------------------------------------- the volume
@@ -478,6 +496,7 @@ class Volume:
             if flags & os.O_EXCL:
                 raise
             return self.open(path, flags)  # lost a create race: behave like open(O_CREAT)
+        handle = None
         try:
             os.fchmod(fd, mode & 0o7777)
             if owner is not None:
@@ -485,7 +504,10 @@ class Volume:
             handle = self._attach(fd, flags)
             self._reset_to_empty(handle)
         except BaseException:
-            os.close(fd)
+            if handle is not None:
+                handle.close()  # also drops the shared state, which an inode reuse would inherit
+            else:
+                os.close(fd)
             os.unlink(target)
             raise
         return handle
@@ -587,7 +609,8 @@ class Volume:
         # RENAME_NOREPLACE / RENAME_EXCHANGE (mv -n, atomic swaps) need renameat2, which
         # Python's os module lacks; the backing file system decides whether it supports them.
         at_fdcwd = -100
-        if _libc.renameat2(at_fdcwd, source.encode(), at_fdcwd, target.encode(), flags) != 0:
+        # fsencode: names that are not valid UTF-8 arrive surrogate-escaped from the binding
+        if _libc.renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), flags) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), new)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -92,10 +93,23 @@ def _registry_file(mountpoint: Path) -> Path:
 
 
 def _register(mountpoint: Path, volume: Volume) -> None:
+    """Record the daemon's pid for `unmount` to wait on. Best effort: never fails the mount."""
     directory = runtime_dir()
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    record = {"pid": os.getpid(), "mountpoint": os.path.abspath(mountpoint), "backing": str(volume.backing)}
-    _registry_file(mountpoint).write_text(json.dumps(record) + "\n")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+        # Without XDG_RUNTIME_DIR the folder is under /tmp, where another user could have
+        # planted it (or a symlink in it) to make us overwrite a file of theirs choosing.
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            log.warning("not recording the daemon in %s: it is not a private folder of ours", directory)
+            return
+        record = {"pid": os.getpid(), "mountpoint": os.path.abspath(mountpoint),
+                  "backing": str(volume.backing)}
+        fd = os.open(_registry_file(mountpoint), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        log.warning("could not record the daemon in %s: %s", directory, exc)
 
 
 def registered_daemon(mountpoint: Path) -> dict[str, object] | None:
