@@ -181,14 +181,14 @@ class FileState:
         self.refs = 0
         self._cipher: FileCipher | None = None
         stored_size = os.fstat(fd).st_size
-        self.size = volume.layout.plaintext_size_lenient(stored_size)
         # A length no valid file can have (cut inside the first chunk, say) would otherwise
         # read as a short or empty file: remember it and refuse every access until rewritten.
         self.damage: IntegrityError | None = None
         try:
-            volume.layout.plaintext_size(stored_size)
+            self.size = volume.layout.plaintext_size(stored_size)
         except IntegrityError as exc:
             self.damage = exc
+            self.size = volume.layout.plaintext_size_lenient(stored_size)
 
     def check(self) -> None:
         if self.damage is not None:
@@ -351,7 +351,7 @@ class OpenFile:
     def close(self) -> None:
         try:
             if self.volume.release_state(self.state):
-                self.volume.remove_closed_orphan(os.fstat(self.fd))
+                self.volume.remove_closed_orphan(self.state.key)
         finally:
             os.close(self.fd)  # whatever the cleanup did, the descriptor must not leak
 
@@ -375,6 +375,8 @@ class Volume:
         self._content_root = keys.content_key(master_key)
         self._states: dict[tuple[int, int], FileState] = {}
         self._states_lock = threading.Lock()
+        # (dev, ino) -> path of files moved to the orphans folder by this mount (see rmdir)
+        self._orphaned: dict[tuple[int, int], str] = {}
         self._root = str(self.backing)
 
     def cipher_for(self, file_id: bytes) -> FileCipher:
@@ -559,7 +561,11 @@ class Volume:
             return False
         os.makedirs(self._orphans(), mode=0o700, exist_ok=True)
         for name in names:
-            os.rename(os.path.join(directory, name), os.path.join(self._orphans(), name))
+            moved = os.path.join(self._orphans(), name)
+            os.rename(os.path.join(directory, name), moved)
+            st = os.lstat(moved)
+            with self._states_lock:
+                self._orphaned[(st.st_dev, st.st_ino)] = moved
         return True
 
     def unlink(self, path: str) -> None:
@@ -568,21 +574,18 @@ class Volume:
         except FileNotFoundError:
             os.unlink(self._orphan_of(path))
 
-    def remove_closed_orphan(self, st: os.stat_result) -> None:
+    def remove_closed_orphan(self, key: tuple[int, int]) -> None:
         """Delete an orphan (see rmdir) once its last handle closes.
 
         libfuse would unlink the .fuse_hidden file at the last close, but after its directory
         was removed libfuse has no path for it any more and skips the unlink: without this the
-        deleted file's ciphertext stayed in the backing folder until the next mount."""
-        try:
-            names = os.listdir(self._orphans())
-        except FileNotFoundError:
-            return  # the usual case: no file was ever orphaned
-        for name in names:
-            path = os.path.join(self._orphans(), name)
+        deleted file's ciphertext stayed in the backing folder until the next mount. Orphans
+        are remembered in memory, so an ordinary close costs no file system call here."""
+        with self._states_lock:
+            path = self._orphaned.pop(key, None)
+        if path is not None:
             with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.lstat(path), st):
-                    os.unlink(path)
+                os.unlink(path)
 
     def remove_stale_orphans(self) -> int:
         """At mount no file is open, so orphans left by a crash can go. Returns how many."""
