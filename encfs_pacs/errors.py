@@ -86,3 +86,17 @@ class ReservedName(EncfsPacsError):
 
 
 INTERNAL_ERROR_EXIT_CODE = 70  # EX_SOFTWARE: a bug; the CLI prints a traceback for it
+
+
+class PolicyInvalid(EncfsPacsError):
+    """A policy file that cannot be put in force: the message names file, line and problem."""
+
+    exit_code = 21
+    errno = errno.EINVAL
+
+
+class AccessDenied(EncfsPacsError):
+    """The allow-list refused an operation (EACCES to the caller, audited)."""
+
+    exit_code = 22
+    errno = errno.EACCES

@@ -366,6 +366,27 @@ _STAT_FIELDS = {"st_mode": "st_mode", "st_ino": "st_ino", "st_dev": "st_dev", "s
                 "st_ctime": "st_ctime_ns"}
 
 
+class CiphertextFile:
+    """A read-only handle on a file's stored (encrypted) bytes: the view for backup agents."""
+
+    def __init__(self, volume: Volume, fd: int) -> None:
+        self._volume = volume
+        self._fd = fd
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def stat(self) -> dict[str, float]:
+        # Attributes stay those of the plaintext file: the kernel keeps one size per inode for
+        # every process, and a ciphertext size would truncate plaintext readers' views.
+        return self._volume.stat_dict(os.fstat(self._fd))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class Volume:
     def __init__(self, backing: Path, config: VolumeConfig, master_key: bytes) -> None:
         self.backing = backing.resolve()
@@ -489,6 +510,16 @@ class Volume:
                 handle.close()
                 raise
         return handle
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(self.backing_path(path))
+
+    def open_ciphertext(self, path: str) -> CiphertextFile:
+        fd = os.open(self.backing_path(path), os.O_RDONLY | os.O_NOFOLLOW)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return CiphertextFile(self, fd)
 
     def create(self, path: str, mode: int, flags: int, owner: tuple[int, int] | None = None) -> OpenFile:
         target = self.backing_path(path)

@@ -82,6 +82,26 @@ def force_unmount(path: Path) -> None:
 # ---------------------------------------------------------------------------- fixtures
 
 
+# The POSIX suites run under a real allow-list (so every request goes through caller
+# identification and the decision), granting everything to the test runner and to the
+# unprivileged user some tests switch to. Policy tests write their own policies.
+OPEN_POLICY = """version = 1
+[[rule]]
+id = "test-runner"
+user = {uid}
+
+[[rule]]
+id = "unprivileged-test-user"
+user = 65534
+"""
+
+
+def write_policy(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
 @dataclass
 class Mounted:
     """A volume mounted through the CLI. ``unmount``/``mount`` allow remount tests."""
@@ -90,10 +110,13 @@ class Mounted:
     mountpoint: Path
     log_file: Path
     passphrase_file: Path
+    policy_file: Path | None = None
+    extra_args: tuple[str, ...] = ()
 
     def mount(self) -> None:
+        policy = ("--policy", self.policy_file) if self.policy_file else ("--no-policy",)
         run_cli("mount", self.backing, self.mountpoint, "--passphrase-file", self.passphrase_file,
-                "--log-file", self.log_file)
+                "--log-file", self.log_file, *policy, *self.extra_args)
         assert is_fuse_mounted(self.mountpoint), f"{self.mountpoint} is not in the mount table after mount"
 
     def unmount(self) -> None:
@@ -136,8 +159,9 @@ def volume(tmp_path: Path, passphrase_file: Path) -> Path:
 def mounted(tmp_path: Path, volume: Path, passphrase_file: Path) -> Iterator[Mounted]:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
+    policy = write_policy(tmp_path / "policy.toml", OPEN_POLICY.format(uid=os.geteuid()))
     m = Mounted(backing=volume, mountpoint=mountpoint, log_file=tmp_path / "daemon.log",
-                passphrase_file=passphrase_file)
+                passphrase_file=passphrase_file, policy_file=policy)
     try:
         m.mount()  # inside the try: a mount that half-succeeded is cleaned up too
         yield m

@@ -91,7 +91,7 @@ def demo(keep: bool) -> None:
         _say(2, f"Mounting it on {mnt}: programs see an ordinary folder there")
         mnt.mkdir()
         click.echo("    " + _cli("mount", str(backing), str(mnt), "--passphrase-file", str(secret_file),
-                                 "--log-file", str(work / "daemon.log")))
+                                 "--log-file", str(work / "daemon.log"), "--no-policy"))
         mounted = True
 
         samples = sample_dicom_files()

@@ -10,7 +10,10 @@ from pathlib import Path
 import click
 
 from .. import store
+from ..access import NullAudit, open_gate
 from ..crypto import keys, volume_config
+from ..errors import UsageError
+from ..policy.loader import DEFAULT_POLICY_PATH
 from .keysource import keyfile_option, passphrase_file_option, secret_from_options
 
 
@@ -64,28 +67,44 @@ def configure_logging(log_file: Path | None, foreground: bool, verbose: bool) ->
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Daemon log (default: stderr in the foreground, syslog in the background).")
 @click.option("--verbose", "-v", is_flag=True, help="Log debug details.")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=DEFAULT_POLICY_PATH, show_default=True,
+              help="Allow-list in force (reloaded when it changes, or on SIGHUP).")
+@click.option("--no-policy", is_flag=True,
+              help="Give every process plaintext (testing only: no protection against ransomware).")
+@click.option("--learn", is_flag=True,
+              help="Deny nothing; record every access the policy would deny "
+                   "(then: encfs-pacs policy suggest).")
 def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile: Path | None,
-          foreground: bool, log_file: Path | None, verbose: bool) -> None:
+          foreground: bool, log_file: Path | None, verbose: bool, policy_file: Path,
+          no_policy: bool, learn: bool) -> None:
     """Mount the volume BACKING as plaintext on MOUNTPOINT.
 
-    Returns once the mount is ready, unless --foreground is given. SIGTERM or SIGINT to the
-    daemon, or 'encfs-pacs unmount', unmounts cleanly.
+    Only processes allowed by the policy (--policy, default /etc/encfs-pacs/policy.toml) get
+    plaintext; everything else is denied with EACCES and audited. Returns once the mount is
+    ready, unless --foreground is given. SIGTERM or SIGINT to the daemon, or 'encfs-pacs
+    unmount', unmounts cleanly; SIGHUP reloads the policy.
 
     \b
     Example:
+      encfs-pacs allow add --policy /etc/encfs-pacs/policy.toml --exe /usr/sbin/Orthanc
       encfs-pacs mount /srv/pacs-encrypted /var/lib/orthanc/db --passphrase-file /root/pacs.pass
     """
     from ..fs import mount as fs_mount  # imports the FUSE binding: only when mounting
 
+    if no_policy and learn:
+        raise UsageError("--learn needs a policy to compare against; drop --no-policy")
     store.read_config(backing)  # report a missing or foreign volume before asking for a secret
     fs_mount.check_mountpoint(mountpoint, backing)
+    gate = open_gate(None if no_policy else policy_file, NullAudit(), learn=learn)
     volume = store.unlock(backing, secret_from_options(passphrase_file, keyfile, confirm=False))
     if foreground:
         configure_logging(log_file, foreground=True, verbose=verbose)
-        fs_mount.serve(volume, mountpoint)
+        fs_mount.serve(volume, mountpoint, gate)
         return
     pid = fs_mount.mount_in_background(
-        volume, mountpoint, log_file, lambda: configure_logging(log_file, foreground=False, verbose=verbose))
+        volume, mountpoint, gate, log_file,
+        lambda: configure_logging(log_file, foreground=False, verbose=verbose))
     click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
 
 

@@ -14,12 +14,16 @@ import logging
 import os
 import select
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..access import AccessGate
 from ..errors import MountFailed, MountpointError, UnmountFailed
 from ..store import Volume
 from ._binding import EncfsFUSE
@@ -122,9 +126,38 @@ def registered_daemon(mountpoint: Path) -> dict[str, object] | None:
 # ---------------------------------------------------------------------------- serving
 
 
-def serve(volume: Volume, mountpoint: Path, on_ready: Callable[[], None] | None = None) -> None:
+def _reload_on_sighup(gate: AccessGate) -> None:
+    """SIGHUP reloads the policy. libfuse would treat SIGHUP as "unmount", so the signal is
+    blocked in every thread (the FUSE workers inherit the mask) and taken by one waiter."""
+    if gate.holder.path is None:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+    def wait_for_hangups() -> None:
+        while True:
+            signal.sigwait({signal.SIGHUP})
+            gate.holder.reload("SIGHUP")
+
+    threading.Thread(target=wait_for_hangups, name="sighup", daemon=True).start()
+
+
+def _mount_event(event: str, volume: Volume, mountpoint: Path, gate: AccessGate) -> dict[str, object]:
+    return {"event": event, "outcome": "allowed",
+            "object": {"path": os.path.abspath(mountpoint), "backing": str(volume.backing)},
+            "program": {"pid": os.getpid(), "exe": sys.executable},
+            "detail": ("learn mode: nothing is denied" if gate.learn else
+                       "no policy: every process gets plaintext" if gate.allow_all else
+                       f"policy {gate.policy.source}")}
+
+
+def serve(volume: Volume, mountpoint: Path, gate: AccessGate,
+          on_ready: Callable[[], None] | None = None) -> None:
     """Run the file system until it is unmounted. Blocks."""
     as_root = os.geteuid() == 0
+    _reload_on_sighup(gate)
+    gate.holder.start()
+    for warning in gate.policy.warnings:
+        log.warning("policy: %s", warning)
 
     came_up = False
 
@@ -132,13 +165,14 @@ def serve(volume: Volume, mountpoint: Path, on_ready: Callable[[], None] | None 
         nonlocal came_up
         came_up = True
         _register(mountpoint, volume)
+        gate.audit.append(_mount_event("mount", volume, mountpoint, gate))
         if on_ready is not None:
             on_ready()
 
     stale = volume.remove_stale_orphans()
     if stale:
         log.info("removed %d unlinked file(s) left open by a previous mount that did not end cleanly", stale)
-    operations = EncryptedOperations(volume, on_ready=ready, set_owner=as_root)
+    operations = EncryptedOperations(volume, gate, on_ready=ready, set_owner=as_root)
     options: dict[str, object] = {
         "fsname": str(volume.backing).replace(",", "_"),
         "subtype": "encfs-pacs",
@@ -165,6 +199,12 @@ def serve(volume: Volume, mountpoint: Path, on_ready: Callable[[], None] | None 
     finally:
         with contextlib.suppress(OSError):
             _registry_file(mountpoint).unlink()
+        gate.holder.stop()
+        if came_up:
+            gate.audit.append(_mount_event("unmount", volume, mountpoint, gate))
+        close_audit = getattr(gate.audit, "close", None)
+        if close_audit is not None:
+            close_audit()  # seals the log: a stop checkpoint, then fsync
 
 
 def _detach_stdio(log_file: Path | None) -> None:
@@ -175,7 +215,7 @@ def _detach_stdio(log_file: Path | None) -> None:
     os.dup2(out, 2)
 
 
-def mount_in_background(volume: Volume, mountpoint: Path, log_file: Path | None,
+def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_file: Path | None,
                         configure_logging: Callable[[], None]) -> int:
     """Fork the daemon; return its pid once the mount is usable."""
     read_end, write_end = os.pipe()
@@ -193,7 +233,7 @@ def mount_in_background(volume: Volume, mountpoint: Path, log_file: Path | None,
                 _detach_stdio(log_file)
                 os.write(write_end, b"OK\n")
 
-            serve(volume, mountpoint, on_ready=ready)
+            serve(volume, mountpoint, gate, on_ready=ready)
             code = 0
         except BaseException as exc:  # report any reason to the waiting parent, then die
             with contextlib.suppress(OSError):

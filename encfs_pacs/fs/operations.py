@@ -1,9 +1,11 @@
-"""The FUSE adapter: translates kernel requests into Volume calls. No logic of its own.
+"""The FUSE adapter: kernel requests -> access gate -> Volume calls. No logic of its own.
 
-Errors are mapped to errno in exactly one place (``_errno_boundary``): OSError keeps its
-errno, EncfsPacsError carries its own (IntegrityError -> EIO, logged with the path), and an
-unexpected exception is logged with its traceback and answered EIO rather than crashing the
-mount under a running PACS.
+Each request that names a path is first put to the access gate (caller identity, allow-list
+decision, audit record); reads and writes on an open handle cost no policy work. Errors are
+mapped to errno in exactly one place (``_errno_boundary``): OSError keeps its errno,
+EncfsPacsError carries its own (AccessDenied -> EACCES, IntegrityError -> EIO and an audit
+record), and an unexpected exception is logged with its traceback and answered EIO rather
+than crashing the mount under a running PACS.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import EncfsPacsError, IntegrityError
-from ..store import OpenFile, Volume
+from ..access import AccessGate, Grant
+from ..errors import AccessDenied, EncfsPacsError, IntegrityError
+from ..policy.model import Op, View
+from ..store import FUSE_HIDDEN_PREFIX, CiphertextFile, OpenFile, Volume
 from ._binding import FuseOSError, Operations, fuse_get_context
 
 log = logging.getLogger("encfs_pacs.fs")
 F = TypeVar("F", bound=Callable[..., Any])
+
 
 def _errno_boundary(method: F) -> F:
     @functools.wraps(method)
@@ -30,9 +36,12 @@ def _errno_boundary(method: F) -> F:
             return method(self, *args)
         except OSError:
             raise
+        except AccessDenied as exc:  # already logged and audited by the gate
+            raise FuseOSError(exc.errno) from None
         except IntegrityError as exc:
             log.error("integrity failure on %s: %s — the stored ciphertext was altered or damaged; "
                       "the read was refused with EIO", _describe(args), exc)
+            self.gate.record_integrity_failure(_describe(args), str(exc))
             raise FuseOSError(exc.errno) from None
         except EncfsPacsError as exc:
             log.warning("%s %s refused: %s", method.__name__, _describe(args), exc)
@@ -45,7 +54,21 @@ def _errno_boundary(method: F) -> F:
 
 
 def _describe(args: tuple[Any, ...]) -> str:
-    return repr(args[0]) if args and isinstance(args[0], str) else ""
+    return args[0] if args and isinstance(args[0], str) else ""
+
+
+def _open_ops(flags: int) -> list[Op]:
+    mode = flags & os.O_ACCMODE
+    ops = [] if mode == os.O_WRONLY else [Op.READ]
+    if mode != os.O_RDONLY or flags & os.O_TRUNC:
+        ops.append(Op.WRITE)
+    return ops
+
+
+@dataclass
+class Handle:
+    file: OpenFile | CiphertextFile
+    grant: Grant
 
 
 class EncryptedOperations(Operations):
@@ -53,12 +76,13 @@ class EncryptedOperations(Operations):
 
     use_ns = True
 
-    def __init__(self, volume: Volume, on_ready: Callable[[], None] | None = None,
+    def __init__(self, volume: Volume, gate: AccessGate, on_ready: Callable[[], None] | None = None,
                  set_owner: bool = False) -> None:
         self.volume = volume
+        self.gate = gate
         self._on_ready = on_ready
         self._set_owner = set_owner
-        self._handles: dict[int, OpenFile] = {}
+        self._handles: dict[int, Handle] = {}
         self._next_handle = 1
         self._handles_lock = threading.Lock()
 
@@ -78,10 +102,13 @@ class EncryptedOperations(Operations):
         with self._handles_lock:
             handles, self._handles = list(self._handles.values()), {}
         for handle in handles:
-            handle.close()
+            handle.file.close()
         log.info("unmounted volume %s", self.volume.describe())
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _allow(self, op: Op, path: str, *, existing: bool = True, event: str | None = None) -> Grant:
+        return self.gate.authorize(fuse_get_context(), op, path, existing=existing, event=event)
 
     def _owner(self) -> tuple[int, int] | None:
         """When the daemon runs as root for other users, new files belong to the caller."""
@@ -90,7 +117,7 @@ class EncryptedOperations(Operations):
         uid, gid, _pid = fuse_get_context()
         return uid, gid
 
-    def _register(self, handle: OpenFile, fi: Any) -> int:
+    def _register(self, handle: Handle, fi: Any) -> int:
         with self._handles_lock:
             number = self._next_handle
             self._next_handle += 1
@@ -98,7 +125,7 @@ class EncryptedOperations(Operations):
         fi.fh = number
         return 0
 
-    def _handle(self, fi: Any) -> OpenFile:
+    def _handle(self, fi: Any) -> Handle:
         try:
             return self._handles[fi.fh]
         except KeyError:
@@ -109,13 +136,15 @@ class EncryptedOperations(Operations):
     @_errno_boundary
     def getattr(self, path: str | None, fi: Any = None) -> dict[str, float]:
         if fi is not None and fi.fh in self._handles:
-            return self._handles[fi.fh].stat()
+            return self._handles[fi.fh].file.stat()
         if path is None:
             raise FuseOSError(errno.ENOENT)
+        self._allow(Op.STAT, path, event="stat")
         return self.volume.getattr(path)
 
     @_errno_boundary
     def opendir(self, path: str) -> int:
+        self._allow(Op.LIST, path, event="list")
         return self.volume.open_dir(path)  # the backing directory's descriptor is our handle
 
     @_errno_boundary
@@ -129,59 +158,98 @@ class EncryptedOperations(Operations):
 
     @_errno_boundary
     def statfs(self, path: str) -> dict[str, int]:
-        return self.volume.statfs()
+        return self.volume.statfs()  # free space reveals nothing about the images: no check
 
     @_errno_boundary
     def mkdir(self, path: str, mode: int) -> int:
-        self.volume.mkdir(path, mode, self._owner())
+        grant = self._allow(Op.CREATE, path, existing=False, event="mkdir")
+        with self.gate.audited(grant, "mkdir"):
+            self.volume.mkdir(path, mode, self._owner())
+        self.gate.created_by(grant, path)
         return 0
 
     @_errno_boundary
     def rmdir(self, path: str) -> int:
-        self.volume.rmdir(path)
+        grant = self._allow(Op.DELETE, path, event="rmdir")
+        with self.gate.audited(grant, "rmdir"):
+            self.volume.rmdir(path)
+        self.gate.removed(path)
         return 0
 
     @_errno_boundary
     def unlink(self, path: str) -> int:
-        self.volume.unlink(path)
+        if _is_hidden(path):
+            # libfuse removing a file that was unlinked while open, at its last close: the
+            # delete itself was decided and audited when the program unlinked it (see rename).
+            self.volume.unlink(path)
+            return 0
+        grant = self._allow(Op.DELETE, path, event="delete")
+        with self.gate.audited(grant, "delete"):
+            self.volume.unlink(path)
+        self.gate.removed(path)
         return 0
 
     @_errno_boundary
     def rename(self, old: str, new: str, flags: int = 0) -> int:
-        self.volume.rename(old, new, flags)
+        if _is_hidden(new):
+            # How libfuse unlinks a file that is still open: for the caller it is a delete.
+            grant = self._allow(Op.DELETE, old, event="delete")
+            with self.gate.audited(grant, "delete", detail="still open: removed at its last close"):
+                self.volume.rename(old, new, flags)
+            self.gate.removed(old)
+            return 0
+        grant = self._allow(Op.RENAME, old, event="rename")
+        self._allow(Op.RENAME, new, existing=self.volume.exists(new), event="rename")
+        with self.gate.audited(grant, "rename", object={"new_path": new}):
+            self.volume.rename(old, new, flags)
+        self.gate.renamed(old, new)
         return 0
 
     @_errno_boundary
     def symlink(self, path: str, target: str) -> int:
-        self.volume.symlink(path, target, self._owner())
+        grant = self._allow(Op.CREATE, path, existing=False, event="symlink")
+        with self.gate.audited(grant, "symlink"):
+            self.volume.symlink(path, target, self._owner())
         return 0
 
     @_errno_boundary
     def readlink(self, path: str) -> str:
+        self._allow(Op.STAT, path, event="readlink")
         return self.volume.readlink(path)
 
     @_errno_boundary
     def link(self, path: str, existing: str) -> int:
-        self.volume.link(path, existing)
+        # A second name can move a file out of a rule's folder, so the old name must be
+        # renamable too: a hard link must not be a way around write-once or path rules.
+        self._allow(Op.RENAME, existing, event="link")
+        grant = self._allow(Op.CREATE, path, existing=False, event="link")
+        with self.gate.audited(grant, "link", object={"target": existing}):
+            self.volume.link(path, existing)
         return 0
 
     @_errno_boundary
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        self.volume.mknod(path, mode, dev, self._owner())
+        grant = self._allow(Op.CREATE, path, existing=False, event="mknod")
+        with self.gate.audited(grant, "mknod"):
+            self.volume.mknod(path, mode, dev, self._owner())
         return 0
 
     @_errno_boundary
     def chmod(self, path: str | None, mode: int) -> int:
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        self.volume.chmod(path, mode)
+        grant = self._allow(Op.SETATTR, path, event="setattr")
+        with self.gate.audited(grant, "setattr", detail=f"chmod {mode & 0o7777:o}"):
+            self.volume.chmod(path, mode)
         return 0
 
     @_errno_boundary
     def chown(self, path: str | None, uid: int, gid: int) -> int:
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        self.volume.chown(path, uid, gid)
+        grant = self._allow(Op.SETATTR, path, event="setattr")
+        with self.gate.audited(grant, "setattr", detail=f"chown {uid}:{gid}"):
+            self.volume.chown(path, uid, gid)
         return 0
 
     @_errno_boundary
@@ -189,7 +257,9 @@ class EncryptedOperations(Operations):
         """``times`` as decoded by _binding.EncfsFUSE: ns, None for UTIME_OMIT, now already resolved."""
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        self.volume.utimens(path, *times)
+        grant = self._allow(Op.SETATTR, path, event="setattr")
+        with self.gate.audited(grant, "setattr", detail="utimens"):
+            self.volume.utimens(path, *times)
         return 0
 
     @_errno_boundary
@@ -201,33 +271,67 @@ class EncryptedOperations(Operations):
 
     @_errno_boundary
     def open(self, path: str, fi: Any) -> int:
-        return self._register(self.volume.open(path, fi.flags), fi)
+        grants = [self._allow(op, path, event="open") for op in _open_ops(fi.flags)]
+        grant = grants[0]
+        if any(g.view is View.CIPHERTEXT for g in grants):
+            if len(grants) > 1 or grant.op is not Op.READ:
+                raise FuseOSError(errno.EACCES)  # the ciphertext view is read-only
+            # Direct I/O: this handle never reads or fills the page cache, so plaintext cached
+            # for an allowed reader cannot reach it (and its ciphertext cannot reach them).
+            fi.direct_io = 1
+            with self.gate.audited(grant, "open", detail="ciphertext view"):
+                file: OpenFile | CiphertextFile = self.volume.open_ciphertext(path)
+        else:
+            with self.gate.audited(grant, "open", detail=_mode(fi.flags)):
+                file = self.volume.open(path, fi.flags)
+        return self._register(Handle(file, grants[-1]), fi)
 
     @_errno_boundary
     def create(self, path: str, mode: int, fi: Any) -> int:
-        return self._register(self.volume.create(path, mode, fi.flags, self._owner()), fi)
+        exists = self.volume.exists(path)
+        grant = self._allow(Op.WRITE if exists else Op.CREATE, path, existing=exists, event="create")
+        with self.gate.audited(grant, "create", detail=_mode(fi.flags)):
+            file = self.volume.create(path, mode, fi.flags, self._owner())
+        if not exists:
+            self.gate.created_by(grant, path)
+        return self._register(Handle(file, grant), fi)
 
     @_errno_boundary
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
-        return self._handle(fi).read(size, offset)
+        handle = self._handle(fi)
+        data = handle.file.read(size, offset)
+        handle.grant.bytes_read += len(data)
+        return data
 
     @_errno_boundary
     def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
-        return self._handle(fi).write(data, offset)
+        handle = self._handle(fi)
+        if not isinstance(handle.file, OpenFile):
+            raise FuseOSError(errno.EBADF)
+        written = handle.file.write(data, offset)
+        handle.grant.bytes_written += written
+        return written
 
     @_errno_boundary
     def truncate(self, path: str | None, length: int, fi: Any = None) -> int:
         if fi is not None and fi.fh in self._handles:
-            self._handles[fi.fh].truncate(length)
-        elif path is None:
+            file = self._handles[fi.fh].file
+            if not isinstance(file, OpenFile):
+                raise FuseOSError(errno.EBADF)
+            file.truncate(length)  # the handle was opened for writing: allowed then
+            return 0
+        if path is None:
             raise FuseOSError(errno.ENOENT)
-        else:
+        grant = self._allow(Op.WRITE, path, event="truncate")
+        with self.gate.audited(grant, "truncate", detail=f"to {length} bytes"):
             self.volume.truncate(path, length)
         return 0
 
     @_errno_boundary
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
-        self._handle(fi).fsync(bool(datasync))
+        file = self._handle(fi).file
+        if isinstance(file, OpenFile):
+            file.fsync(bool(datasync))
         return 0
 
     @_errno_boundary
@@ -235,10 +339,26 @@ class EncryptedOperations(Operations):
         with self._handles_lock:
             handle = self._handles.pop(fi.fh, None)
         if handle is not None:
-            handle.close()
+            try:
+                inode: int | None = int(handle.file.stat()["st_ino"])
+            except OSError:
+                inode = None
+            handle.file.close()
+            self.gate.record_release(handle.grant, inode)
         return 0
 
     # Deliberately not implemented, so libfuse answers ENOSYS once and the kernel stops asking
     # or handles it itself: getxattr/setxattr (security.capability is probed on every write),
     # ioctl (the kernel turns ENOSYS into ENOTTY for isatty()), lock/flock (kernel-local POSIX
     # locks are correct for a single-host mount), access (default_permissions checks modes).
+
+
+def _is_hidden(path: str) -> bool:
+    return path.rpartition("/")[2].startswith(FUSE_HIDDEN_PREFIX)
+
+
+def _mode(flags: int) -> str:
+    mode = {os.O_RDONLY: "read", os.O_WRONLY: "write", os.O_RDWR: "read-write"}[flags & os.O_ACCMODE]
+    extras = [name for flag, name in ((os.O_TRUNC, "truncate"), (os.O_APPEND, "append"),
+                                      (os.O_CREAT, "create"), (os.O_EXCL, "exclusive")) if flags & flag]
+    return "+".join([mode, *extras])

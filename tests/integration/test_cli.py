@@ -28,6 +28,11 @@ def cli(*args: str | Path, stdin: int | None = subprocess.DEVNULL, timeout: floa
                           text=True, stdin=stdin, timeout=timeout, check=False)
 
 
+def mount_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Mount without an allow-list: these tests are about the operator CLI, not the policy."""
+    return cli("mount", *args, "--no-policy")
+
+
 def assert_clean_error(result: subprocess.CompletedProcess[str], exit_code: int, *words: str) -> None:
     """One line on stderr naming the problem, the documented exit code, and no traceback."""
     assert result.returncode == exit_code, (result.returncode, result.stderr)
@@ -123,7 +128,7 @@ def test_init_prompts_twice_on_a_terminal(tmp_path: Path, secret: Path, mountpoi
     assert code == 0, output
     assert output.count("assphrase:") == 2
     # the prompted passphrase really is the volume's passphrase
-    assert cli("mount", tmp_path / "b", mountpoint, "--passphrase-file", secret).returncode == 0
+    assert mount_cli(tmp_path / "b", mountpoint, "--passphrase-file", secret).returncode == 0
     assert cli("unmount", mountpoint).returncode == 0
 
 
@@ -138,7 +143,7 @@ def test_wrong_passphrase_mounts_nothing(backing: Path, mountpoint: Path, tmp_pa
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("not it\n")
     wrong.chmod(0o600)
-    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", wrong), 10, "wrong passphrase")
+    assert_clean_error(mount_cli(backing, mountpoint, "--passphrase-file", wrong), 10, "wrong passphrase")
     assert not is_mounted(mountpoint)
 
 
@@ -147,8 +152,8 @@ def test_keyfile_volume_refuses_passphrase(tmp_path: Path, secret: Path, mountpo
     keyfile.write_bytes(os.urandom(32))
     keyfile.chmod(0o600)
     assert cli("init", tmp_path / "kb", "--keyfile", keyfile).returncode == 0
-    assert_clean_error(cli("mount", tmp_path / "kb", mountpoint, "--passphrase-file", secret), 2, "--keyfile")
-    result = cli("mount", tmp_path / "kb", mountpoint, "--keyfile", keyfile)
+    assert_clean_error(mount_cli(tmp_path / "kb", mountpoint, "--passphrase-file", secret), 2, "--keyfile")
+    result = mount_cli(tmp_path / "kb", mountpoint, "--keyfile", keyfile)
     assert result.returncode == 0, result.stderr
     assert cli("unmount", mountpoint).returncode == 0
 
@@ -161,19 +166,19 @@ def test_short_keyfile_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_backing(tmp_path: Path, secret: Path, mountpoint: Path) -> None:
-    assert_clean_error(cli("mount", tmp_path / "nothere", mountpoint, "--passphrase-file", secret), 14,
+    assert_clean_error(mount_cli(tmp_path / "nothere", mountpoint, "--passphrase-file", secret), 14,
                        "does not exist")
 
 
 def test_backing_not_a_volume(tmp_path: Path, secret: Path, mountpoint: Path) -> None:
     (tmp_path / "plain").mkdir()
-    assert_clean_error(cli("mount", tmp_path / "plain", mountpoint, "--passphrase-file", secret), 11,
+    assert_clean_error(mount_cli(tmp_path / "plain", mountpoint, "--passphrase-file", secret), 11,
                        "not an encfs-pacs volume")
 
 
 def test_corrupted_config(backing: Path, secret: Path, mountpoint: Path) -> None:
     (backing / ".encfs-pacs" / "volume.json").write_text("{ this is not json")
-    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret), 13, "damaged")
+    assert_clean_error(mount_cli(backing, mountpoint, "--passphrase-file", secret), 13, "damaged")
 
 
 def test_newer_format_version_is_refused(backing: Path, secret: Path, mountpoint: Path) -> None:
@@ -181,7 +186,7 @@ def test_newer_format_version_is_refused(backing: Path, secret: Path, mountpoint
     doc = json.loads(config.read_text())
     doc["version"] = 99
     config.write_text(json.dumps(doc))
-    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret), 12, "version 99")
+    assert_clean_error(mount_cli(backing, mountpoint, "--passphrase-file", secret), 12, "version 99")
     assert not is_mounted(mountpoint)
 
 
@@ -190,22 +195,22 @@ def test_unknown_feature_flag_is_refused(backing: Path, secret: Path, mountpoint
     doc = json.loads(config.read_text())
     doc["features"].append("time-travel")
     config.write_text(json.dumps(doc))
-    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret), 12, "time-travel")
+    assert_clean_error(mount_cli(backing, mountpoint, "--passphrase-file", secret), 12, "time-travel")
 
 
 def test_mountpoint_not_empty(backing: Path, secret: Path, mountpoint: Path) -> None:
     (mountpoint / "somefile").write_text("x")
-    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret), 16, "not empty")
+    assert_clean_error(mount_cli(backing, mountpoint, "--passphrase-file", secret), 16, "not empty")
 
 
 def test_mountpoint_missing(backing: Path, secret: Path, tmp_path: Path) -> None:
-    assert_clean_error(cli("mount", backing, tmp_path / "nomnt", "--passphrase-file", secret), 16,
+    assert_clean_error(mount_cli(backing, tmp_path / "nomnt", "--passphrase-file", secret), 16,
                        "does not exist")
 
 
 def test_already_mounted_then_unmount_twice(backing: Path, secret: Path, mountpoint: Path) -> None:
-    assert cli("mount", backing, mountpoint, "--passphrase-file", secret).returncode == 0
-    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret), 16, "already mounted")
+    assert mount_cli(backing, mountpoint, "--passphrase-file", secret).returncode == 0
+    assert_clean_error(mount_cli(backing, mountpoint, "--passphrase-file", secret), 16, "already mounted")
     unmounted = cli("unmount", mountpoint)
     assert unmounted.returncode == 0, unmounted.stderr
     assert not is_mounted(mountpoint)
@@ -213,7 +218,7 @@ def test_already_mounted_then_unmount_twice(backing: Path, secret: Path, mountpo
 
 
 def test_unmount_busy_says_so(backing: Path, secret: Path, mountpoint: Path) -> None:
-    assert cli("mount", backing, mountpoint, "--passphrase-file", secret).returncode == 0
+    assert mount_cli(backing, mountpoint, "--passphrase-file", secret).returncode == 0
     handle = open(mountpoint / "open-file", "w")  # noqa: SIM115 - held open on purpose
     try:
         assert_clean_error(cli("unmount", mountpoint), 19, "busy")
@@ -227,7 +232,7 @@ def test_unmount_busy_says_so(backing: Path, secret: Path, mountpoint: Path) -> 
 def test_signal_unmounts_foreground_daemon_cleanly(backing: Path, secret: Path, mountpoint: Path,
                                                    signum: int) -> None:
     daemon = subprocess.Popen([sys.executable, "-m", "encfs_pacs", "mount", str(backing), str(mountpoint),
-                               "--passphrase-file", str(secret), "--foreground"],
+                               "--passphrase-file", str(secret), "--foreground", "--no-policy"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -245,9 +250,27 @@ def test_signal_unmounts_foreground_daemon_cleanly(backing: Path, secret: Path, 
     assert daemon.returncode == 0, output
     assert "Traceback" not in output
     assert not is_mounted(mountpoint)
-    assert cli("mount", backing, mountpoint, "--passphrase-file", secret).returncode == 0
+    assert mount_cli(backing, mountpoint, "--passphrase-file", secret).returncode == 0
     assert (mountpoint / "kept.txt").read_text() == "survives the signal"
     assert cli("unmount", mountpoint).returncode == 0
+
+
+def test_mount_without_a_policy_file_refuses_and_says_how(backing: Path, secret: Path, mountpoint: Path,
+                                                          tmp_path: Path) -> None:
+    missing = tmp_path / "etc" / "policy.toml"
+    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret, "--policy", missing),
+                       21, str(missing), "allow add")
+    assert not is_mounted(mountpoint)
+
+
+def test_mount_refuses_a_policy_file_others_can_edit(backing: Path, secret: Path, mountpoint: Path,
+                                                     tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("version = 1\n")
+    policy.chmod(0o666)
+    assert_clean_error(cli("mount", backing, mountpoint, "--passphrase-file", secret, "--policy", policy),
+                       21, "writable by group or others")
+    assert not is_mounted(mountpoint)
 
 
 def test_help_of_every_command_shows_an_example() -> None:

@@ -1,0 +1,215 @@
+"""Who is calling: a FUSE request's pid/uid/gid turned into a Caller from /proc.
+
+Why the care: /proc/PID can change under us. The process may exit and its pid be reused by
+another program between two reads, so every resolution reads the start time (field 22 of
+/proc/PID/stat) before and after and gives up if it changed. A program may replace itself by
+execve() without changing pid or start time, so the executable's identity (device, inode,
+size, mtime) is part of the cache key. Hashing an executable costs milliseconds, so the
+SHA-256 is cached per (device, inode, size, mtime, ctime): an edited binary gets a new mtime
+or ctime and is hashed again; a replaced one has another inode, and the old one running shows
+as "(deleted)" and matches no rule.
+
+FUSE passes the calling *thread* id; /proc/TID answers for threads too, and the thread
+group id (the process) comes from /proc/TID/status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .model import Caller
+
+PROC = "/proc"
+DELETED_SUFFIX = " (deleted)"
+# Environment variables that let another library act inside the program (ld.so(8)).
+# (LD_LIBRARY_PATH is left out: vendor start scripts set it routinely.)
+PRELOAD_VARIABLES = (b"LD_PRELOAD=", b"LD_AUDIT=")
+CACHE_SIZE = 4096
+
+
+class Unidentified(Exception):
+    """The caller's identity could not be established reliably (the message says why)."""
+
+
+@dataclass(frozen=True)
+class _ExeKey:
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def start_time(pid: int, proc: str = PROC) -> int:
+    """Field 22 of /proc/PID/stat: start time in clock ticks after boot."""
+    data = _read(f"{proc}/{pid}/stat")
+    # The command name (field 2) is in parentheses and may itself contain ") ".
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def _status_fields(pid: int, proc: str) -> dict[str, str]:
+    fields = {}
+    for line in _read(f"{proc}/{pid}/status").decode(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def systemd_unit(cgroup_text: str) -> str | None:
+    """The innermost systemd service or scope in a /proc/PID/cgroup listing (cgroup v2 or v1)."""
+    for line in cgroup_text.splitlines():
+        hierarchy, _, path = line.partition(":")[2].partition(":")
+        if hierarchy not in ("", "name=systemd"):
+            continue
+        units = [part for part in path.split("/") if part.endswith((".service", ".scope"))]
+        if units:
+            return units[-1]
+    return None
+
+
+def _optional_int(path: str) -> int | None:
+    try:
+        value = int(_read(path).strip())
+    except (OSError, ValueError):
+        return None
+    # 4294967295 means "not set" for loginuid and sessionid.
+    return None if value == 0xFFFFFFFF else value
+
+
+class IdentityResolver:
+    """Resolves and caches caller identities; safe to use from many FUSE threads."""
+
+    def __init__(self, proc: str = PROC) -> None:
+        self._proc = proc
+        self._lock = threading.Lock()
+        self._callers: OrderedDict[tuple[int, int, _ExeKey, int, int], Caller] = OrderedDict()
+        self._hashes: OrderedDict[_ExeKey, str] = OrderedDict()
+        self._users: dict[int, str | None] = {}
+
+    def resolve(self, pid: int, uid: int, gid: int) -> Caller:
+        try:
+            return self._resolve(pid, uid, gid)
+        except Unidentified as exc:
+            return Caller(pid=pid, uid=uid, gid=gid, user=self._user_name(uid), unidentified=str(exc))
+
+    def _resolve(self, pid: int, uid: int, gid: int) -> Caller:
+        if pid <= 0:
+            raise Unidentified("the request carries no process id (the caller is outside this "
+                               "mount's pid namespace or is the kernel)")
+        before = self._start_time(pid)
+        exe_key, exe = self._executable(pid)
+        key = (pid, before, exe_key, uid, gid)
+        with self._lock:
+            cached = self._callers.get(key)
+            if cached is not None:
+                self._callers.move_to_end(key)
+        if cached is None:
+            cached = self._build(pid, uid, gid, before, exe_key, exe)
+        # The pid could have been reused while we read: the start time must not have moved.
+        if self._start_time(pid) != before:
+            raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
+        with self._lock:
+            self._callers[key] = cached
+            while len(self._callers) > CACHE_SIZE:
+                self._callers.popitem(last=False)
+        return cached
+
+    def _start_time(self, pid: int) -> int:
+        try:
+            return start_time(pid, self._proc)
+        except (OSError, ValueError, IndexError) as exc:
+            raise Unidentified(f"process {pid} is gone or /proc/{pid}/stat is unreadable ({exc})") from None
+
+    def _executable(self, pid: int) -> tuple[_ExeKey, str]:
+        link = f"{self._proc}/{pid}/exe"
+        try:
+            exe = os.readlink(link)
+            st = os.stat(link)  # follows to the file actually running, even if renamed
+        except OSError as exc:
+            raise Unidentified(f"the executable of process {pid} cannot be read ({exc.strerror})") from None
+        if exe.endswith(DELETED_SUFFIX):
+            raise Unidentified(f"process {pid} runs a deleted or replaced executable ({exe})")
+        return _ExeKey(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), exe
+
+    def _build(self, pid: int, uid: int, gid: int, started: int, exe_key: _ExeKey, exe: str) -> Caller:
+        proc = f"{self._proc}/{pid}"
+        try:
+            status = _status_fields(pid, self._proc)
+            tgid = int(status.get("Tgid", pid))
+            argv = tuple(arg.decode(errors="surrogateescape")
+                         for arg in _read(f"{proc}/cmdline").split(b"\0") if arg)
+            unit = systemd_unit(_read(f"{proc}/cgroup").decode(errors="replace"))
+            environ = _read(f"{self._proc}/{tgid}/environ")
+        except (OSError, ValueError) as exc:
+            raise Unidentified(f"/proc/{pid} became unreadable while identifying it ({exc})") from None
+        groups = frozenset(int(g) for g in status.get("Groups", "").split())
+        tracer = int(status.get("TracerPid", "0") or 0)
+        return Caller(
+            pid=pid, uid=uid, gid=gid, tgid=tgid, groups=groups, user=self._user_name(uid),
+            exe=exe, sha256=self._sha256(pid, exe_key), unit=unit, argv=argv,
+            loginuid=_optional_int(f"{proc}/loginuid"), session=_optional_int(f"{proc}/sessionid"),
+            start_time=self._process_start(tgid, pid, started),
+            traced=_traced(tracer, environ))
+
+    def _process_start(self, tgid: int, pid: int, thread_start: int) -> int:
+        if tgid == pid:
+            return thread_start
+        try:
+            return start_time(tgid, self._proc)
+        except (OSError, ValueError, IndexError):
+            raise Unidentified(f"the process of thread {pid} is gone") from None
+
+    def _sha256(self, pid: int, exe_key: _ExeKey) -> str:
+        with self._lock:
+            digest = self._hashes.get(exe_key)
+        if digest is not None:
+            return digest
+        link = f"{self._proc}/{pid}/exe"
+        try:
+            with open(link, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                st = os.fstat(f.fileno())
+        except OSError as exc:
+            raise Unidentified(f"the executable of process {pid} cannot be read ({exc.strerror})") from None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (
+                exe_key.dev, exe_key.ino, exe_key.size, exe_key.mtime_ns, exe_key.ctime_ns):
+            raise Unidentified(f"the executable of process {pid} changed while it was being hashed")
+        with self._lock:
+            self._hashes[exe_key] = digest
+            while len(self._hashes) > CACHE_SIZE:
+                self._hashes.popitem(last=False)
+        return digest
+
+    def _user_name(self, uid: int) -> str | None:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+
+def _traced(tracer_pid: int, environ: bytes) -> str | None:
+    if tracer_pid:
+        return f"it is being traced by process {tracer_pid} (debugger/ptrace)"
+    for entry in environ.split(b"\0"):
+        if entry.startswith(PRELOAD_VARIABLES) and entry.partition(b"=")[2]:
+            return f"it was started with {entry.partition(b'=')[0].decode()} set"
+    return None
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, as pinned by `allow add`."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
