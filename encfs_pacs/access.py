@@ -57,7 +57,7 @@ class Grant:
 
 
 def who(caller: Caller) -> dict[str, Any]:
-    return {"uid": caller.uid, "gid": caller.gid, "user": caller.user,
+    return {"uid": caller.uid, "gid": caller.gid, "groups": sorted(caller.groups), "user": caller.user,
             "loginuid": caller.loginuid, "session": caller.session}
 
 

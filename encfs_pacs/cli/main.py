@@ -22,13 +22,15 @@ def cli() -> None:
 
     \b
     Operator:  init, mount, unmount, demo
+    Admin:     allow (add, grant, list, remove, check), policy (validate, suggest, simulate)
     """
 
 
 def _register_commands() -> None:
-    from . import demo, volume
+    from . import allow, demo, policy, volume
 
-    for command in (volume.init, volume.mount, volume.unmount, demo.demo):
+    for command in (volume.init, volume.mount, volume.unmount, demo.demo, allow.allow,
+                    policy.policy_group):
         cli.add_command(command)
 
 
@@ -37,7 +39,10 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="encfs-pacs", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a command's Exit.
+        code = cli.main(args=argv, prog_name="encfs-pacs", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except EncfsPacsError as exc:
         click.echo(f"encfs-pacs: error: {exc}", err=True)
         sys.exit(exc.exit_code)
