@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +172,34 @@ def mounted(tmp_path: Path, volume: Path, passphrase_file: Path) -> Iterator[Mou
             pytest.fail(f"the mount daemon logged an internal error:\n{log}", pytrace=False)
         if unmount_problem:
             pytest.fail(unmount_problem, pytrace=False)
+
+
+@pytest.fixture
+def mount_volume(tmp_path: Path, volume: Path, passphrase_file: Path) -> Iterator[Callable[..., Mounted]]:
+    """Factory: mount the test's volume with a given policy file (None: --no-policy) and extra
+    mount options; everything it mounted is unmounted at teardown, like ``mounted``."""
+    made: list[Mounted] = []
+
+    def mount(policy_file: Path | None, *extra_args: str) -> Mounted:
+        mountpoint = tmp_path / f"mnt{len(made)}"
+        mountpoint.mkdir()
+        m = Mounted(backing=volume, mountpoint=mountpoint, log_file=tmp_path / f"daemon{len(made)}.log",
+                    passphrase_file=passphrase_file, policy_file=policy_file, extra_args=extra_args)
+        made.append(m)
+        m.mount()
+        return m
+
+    yield mount
+    problems = []
+    for m in made:
+        problem = _teardown_unmount(m)
+        if problem:
+            problems.append(problem)
+        log = m.log()
+        if "internal error" in log or "Traceback" in log:
+            problems.append(f"the mount daemon logged an internal error:\n{log}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 def _teardown_unmount(m: Mounted) -> str | None:

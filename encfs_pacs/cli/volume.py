@@ -96,7 +96,8 @@ def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile
         raise UsageError("--learn needs a policy to compare against; drop --no-policy")
     store.read_config(backing)  # report a missing or foreign volume before asking for a secret
     fs_mount.check_mountpoint(mountpoint, backing)
-    gate = open_gate(None if no_policy else policy_file, NullAudit(), learn=learn)
+    # The daemon must find the policy again on reload, whatever its working folder.
+    gate = open_gate(None if no_policy else policy_file.absolute(), NullAudit(), learn=learn)
     volume = store.unlock(backing, secret_from_options(passphrase_file, keyfile, confirm=False))
     if foreground:
         configure_logging(log_file, foreground=True, verbose=verbose)
@@ -109,7 +110,7 @@ def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("mountpoint", type=click.Path(path_type=Path))  # no stat: the mount may deny us
 def unmount(mountpoint: Path) -> None:
     """Unmount MOUNTPOINT and wait for its daemon to finish.
 
