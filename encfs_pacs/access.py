@@ -130,6 +130,8 @@ class AccessGate:
             self._record(event or str(request.op), caller, decision, request.path,
                          outcome="learn-denied", op=request.op, errno=errno_module.EACCES,
                          detail=f"learn mode, would deny: {decision.reason}")
+            log.info("learn mode: would deny %s %s to %s: %s", request.op, request.path,
+                     caller.describe(), decision.reason)
             return Grant(caller, Decision(True, View.PLAINTEXT, None, "learn mode"), request.path, request.op)
         self._record(event or str(request.op), caller, decision, request.path, outcome="denied",
                      op=request.op, errno=errno_module.EACCES, detail=decision.reason)
