@@ -22,7 +22,7 @@ import click
 
 from ..errors import EncfsPacsError
 
-STEPS = 6
+STEPS = 7
 
 
 def _say(step: int, text: str) -> None:
@@ -88,10 +88,13 @@ def demo(keep: bool) -> None:
         click.echo("    " + _cli("init", str(backing), "--passphrase-file", str(secret_file),
                                  "--scrypt-log-n", "14").splitlines()[0])
 
-        _say(2, f"Mounting it on {mnt}: programs see an ordinary folder there")
+        _say(2, f"Allowing only this demo program, then mounting on {mnt}")
+        policy = work / "policy" / "policy.toml"
+        click.echo("    " + _cli("allow", "add", "--policy", str(policy), "--id", "demo",
+                                 "--exe", sys.executable, "--args", "*encfs*pacs* demo*"))
         mnt.mkdir()
         click.echo("    " + _cli("mount", str(backing), str(mnt), "--passphrase-file", str(secret_file),
-                                 "--log-file", str(work / "daemon.log"), "--no-policy"))
+                                 "--log-file", str(work / "daemon.log"), "--policy", str(policy)))
         mounted = True
 
         samples = sample_dicom_files()
@@ -116,7 +119,12 @@ def demo(keep: bool) -> None:
         if same != len(stored):
             raise EncfsPacsError("some files did not read back identically: this is a bug")
 
-        _say(6, "Unmounting and removing the throw-away volume")
+        _say(6, "Playing ransomware: programs not on the allow-list try to read, encrypt and delete")
+        _show_denials(stored[0][1])
+        same = sum(_sha256(source) == _sha256(target) for source, target, _ in stored)
+        click.echo(f"    afterwards {same} of {len(stored)} files are still byte-identical")
+
+        _say(7, "Unmounting and removing the throw-away volume")
         click.echo("    " + _cli("unmount", str(mnt)))
         mounted = False
     finally:
@@ -129,7 +137,22 @@ def demo(keep: bool) -> None:
             shutil.rmtree(work, ignore_errors=True)
             click.echo(f"    removed {work}")
     click.echo()
-    click.secho("Demo finished: ciphertext on disk, plaintext through the mount.", bold=True)
+    click.secho("Demo finished: ciphertext on disk, plaintext through the mount for allowed "
+                "programs only.", bold=True)
+
+
+def _show_denials(target: Path) -> None:
+    attempts = [["cat", str(target)], ["dd", "if=/dev/urandom", f"of={target}", "bs=1k", "count=1"],
+                ["mv", str(target), f"{target}.locked"], ["rm", "-f", str(target)],
+                ["ls", str(target.parent)]]
+    for command in attempts:
+        if shutil.which(command[0]) is None:
+            continue
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        answer = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "succeeded"
+        click.echo(f"    $ {' '.join(command)}\n      {answer}")
+        if result.returncode == 0:
+            raise EncfsPacsError(f"'{' '.join(command)}' was not denied: this is a bug")
 
 
 def _show_ciphertext(backing: Path, mnt: Path, stored: list[tuple[Path, Path, str]]) -> None:
