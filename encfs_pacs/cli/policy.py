@@ -67,7 +67,8 @@ def suggest_command(audit_logs: tuple[Path, ...], include_denied: bool, as_json:
     items = suggest(read_records(audit_logs), include_denied=include_denied)
     if as_json:
         click.echo(json.dumps([{**vars(item), "ops": sorted(item.ops), "paths": dict(item.paths),
-                                "argv_examples": sorted(item.argv_examples), "path": item.path}
+                                "argv_examples": sorted(item.argv_examples),
+                                "stat_paths": sorted(item.stat_paths), "path": item.path}
                                for item in items], indent=2))
         return
     if not items:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .decide import decide
+from .decide import Decision, decide
 from .model import GRANTABLE_OPS, Caller, Op, Policy, Request
 
 # Audit events whose object did not exist before the operation (write-once cares).
@@ -113,9 +113,15 @@ def simulate(policy: Policy, records: Iterable[dict[str, Any]]) -> Simulation:
         key = (kind, program, user, record["op"], record["object"]["path"])
         change = result.changes.setdefault(key, Change(
             kind, program, user, record["op"], record["object"]["path"],
-            old=f"{record['outcome']} ({record.get('rule') or 'no rule'})", new=decision.reason))
+            old=f"{record['outcome']} ({record.get('rule') or 'no rule'})", new=_explain(decision)))
         change.count += 1
     return result
+
+
+def _explain(decision: Decision) -> str:
+    if decision.allowed or not decision.trace:
+        return decision.reason
+    return f"{decision.reason}: " + "; ".join(decision.trace)
 
 
 # ---------------------------------------------------------------------------- suggestions
@@ -130,11 +136,12 @@ class Suggestion:
     ops: set[str] = field(default_factory=set)
     paths: Counter[str] = field(default_factory=Counter)
     argv_examples: set[str] = field(default_factory=set)
+    stat_paths: set[str] = field(default_factory=set)
     count: int = 0
 
     @property
     def path(self) -> str:
-        return common_folder(list(self.paths))
+        return common_folder(list(self.paths) or sorted(self.stat_paths))
 
 
 def common_folder(paths: list[str]) -> str:
@@ -161,7 +168,10 @@ def suggest(records: Iterable[dict[str, Any]], include_denied: bool = False) -> 
         item.count += 1
         op = record["op"]
         item.ops.add("list" if op == Op.STAT else op)
-        item.paths[record["object"]["path"]] += 1
+        if op != Op.STAT:  # the folders above a rule's path are visible anyway
+            item.paths[record["object"]["path"]] += 1
+        else:
+            item.stat_paths.add(record["object"]["path"])
         if program.get("argv"):
             item.argv_examples.add(" ".join(program["argv"])[:200])
     return sorted(groups.values(), key=lambda s: -s.count)
