@@ -1,0 +1,124 @@
+"""Which patient and study a file belongs to, for audit records: read from its DICOM header.
+
+Read once per file version and cached by (device, inode, size, mtime), so a PACS reading the
+same image a thousand times costs one header parse. Only the header is read (pydicom stops
+before the pixel data and is asked for four tags), through the volume's decrypting reader —
+never from the PACS's own request, so its reads are neither slowed nor disturbed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+log = logging.getLogger("encfs_pacs.audit")
+
+AUDITED_TAGS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "Modality")
+PREAMBLE_BYTES = 132  # 128-byte preamble + "DICM"
+CACHE_ENTRIES = 65_536
+FileKey = tuple[int, int, int, int]
+
+
+class _PlainReader(io.RawIOBase):
+    """A read-only, seekable file object over a volume's decrypting file handle."""
+
+    def __init__(self, handle: Any, size: int, name: str) -> None:
+        self._handle, self._size, self._position = handle, size, 0
+        self.name = name  # pydicom asks a file object for its name
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(len(buffer), self._position)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+def looks_like_dicom(first_bytes: bytes) -> bool:
+    return len(first_bytes) >= PREAMBLE_BYTES and first_bytes[128:132] == b"DICM"
+
+
+def parse_tags(stream: io.BufferedIOBase) -> dict[str, str] | None:
+    """The audited tags of a DICOM Part 10 stream, or None if it is not one."""
+    import pydicom  # imported lazily: only mounts with an audit trail pay for it
+
+    if not looks_like_dicom(stream.read(PREAMBLE_BYTES)):
+        return None
+    stream.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(stream, stop_before_pixels=True, specific_tags=list(AUDITED_TAGS))
+    except Exception as exc:  # a damaged header must not break auditing; say so instead
+        log.info("DICOM header unreadable: %s", exc)
+        return None
+    tags = {tag: str(dataset.get(tag)) for tag in AUDITED_TAGS if dataset.get(tag) not in (None, "")}
+    return tags or None
+
+
+class DicomTagCache:
+    """Patient/study/instance/modality per file version, read through ``volume``."""
+
+    def __init__(self, volume: Any) -> None:
+        self._volume = volume
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[FileKey, dict[str, str] | None] = OrderedDict()
+
+    def tags(self, path: str) -> dict[str, str] | None:
+        """Tags of the regular file at ``path`` (mount path), None if not DICOM or unreadable."""
+        try:
+            st = os.stat(self._volume.backing_path(path), follow_symlinks=False)
+        except (OSError, ValueError):
+            return None
+        if not _is_regular(st.st_mode):
+            return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        tags = self._read(path)
+        with self._lock:
+            self._cache[key] = tags
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return tags
+
+    def _read(self, path: str) -> dict[str, str] | None:
+        try:
+            handle = self._volume.open(path, os.O_RDONLY)
+        except Exception as exc:  # gone, damaged, a special file: no tags, but never a crash
+            log.debug("no DICOM tags for %s: %s", path, exc)
+            return None
+        try:
+            size = int(handle.stat()["st_size"])
+            return parse_tags(io.BufferedReader(_PlainReader(handle, size, path), buffer_size=16384))
+        except Exception as exc:
+            log.info("no DICOM tags for %s: %s", path, exc)
+            return None
+        finally:
+            handle.close()
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)

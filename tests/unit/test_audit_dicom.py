@@ -1,0 +1,97 @@
+"""Patient and study for audit records, read from DICOM headers through the encrypted volume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from encfs_pacs import store
+from encfs_pacs.audit.dicom import DicomTagCache
+
+SECRET = store.Secret("passphrase", b"unit tests")
+SAMPLES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> store.Volume:
+    backing = tmp_path / "backing"
+    store.create_volume(backing, SECRET, scrypt_log_n=10)
+    return store.unlock(backing, SECRET)
+
+
+def put(volume: store.Volume, path: str, data: bytes) -> None:
+    handle = volume.create(path, 0o644, os.O_WRONLY)
+    handle.write(data, 0)
+    handle.close()
+
+
+def test_tags_of_a_real_ct_image(volume: store.Volume) -> None:
+    source = SAMPLES / "CT_small.dcm"
+    expected = pydicom.dcmread(source, stop_before_pixels=True)
+    put(volume, "/ct.dcm", source.read_bytes())
+    tags = DicomTagCache(volume).tags("/ct.dcm")
+    assert tags == {"PatientID": str(expected.PatientID),
+                    "StudyInstanceUID": str(expected.StudyInstanceUID),
+                    "SOPInstanceUID": str(expected.SOPInstanceUID), "Modality": "CT"}
+
+
+def test_not_dicom_missing_and_directories_give_none(volume: store.Volume) -> None:
+    put(volume, "/notes.txt", b"x" * 500)
+    volume.mkdir("/folder", 0o755)
+    cache = DicomTagCache(volume)
+    assert cache.tags("/notes.txt") is None
+    assert cache.tags("/folder") is None
+    assert cache.tags("/missing.dcm") is None
+
+
+def test_damaged_header_gives_none_not_an_error(volume: store.Volume) -> None:
+    data = bytearray((SAMPLES / "CT_small.dcm").read_bytes())
+    data[140:400] = b"\xff" * 260  # garbage right after the DICM marker
+    put(volume, "/bad.dcm", bytes(data))
+    assert DicomTagCache(volume).tags("/bad.dcm") is None
+
+
+def test_read_once_per_file_version(volume: store.Volume, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = SAMPLES / "MR_small.dcm"
+    put(volume, "/mr.dcm", source.read_bytes())
+    cache = DicomTagCache(volume)
+    opened = []
+    real_open = volume.open
+    monkeypatch.setattr(volume, "open", lambda *a: opened.append(a) or real_open(*a))
+    first = cache.tags("/mr.dcm")
+    for _ in range(5):
+        assert cache.tags("/mr.dcm") == first
+    assert len(opened) == 1
+    # a new version of the file (other content, other mtime) is read again
+    handle = real_open("/mr.dcm", os.O_WRONLY | os.O_TRUNC)
+    handle.write((SAMPLES / "CT_small.dcm").read_bytes(), 0)
+    handle.close()
+    os.utime(volume.backing_path("/mr.dcm"), ns=(1, 1))
+    assert cache.tags("/mr.dcm")["Modality"] == "CT"
+    assert len(opened) == 2
+
+
+def test_only_the_header_is_read(volume: store.Volume, tmp_path: Path) -> None:
+    """A 30 MB multi-frame image costs a header read, not a full decrypt."""
+    source = SAMPLES / "CT_small.dcm"
+    big = tmp_path / "big.dcm"
+    shutil.copy(source, big)
+    with open(big, "ab") as out:  # trailing bytes after the pixel data: never read by the parser
+        out.write(b"\0" * (30 << 20))
+    put(volume, "/big.dcm", big.read_bytes())
+    reads: list[int] = []
+    real_open = volume.open
+
+    def counting_open(*args: object) -> store.OpenFile:
+        handle = real_open(*args)
+        real_read = handle.read
+        handle.read = lambda size, offset: reads.append(size) or real_read(size, offset)  # type: ignore
+        return handle
+
+    volume.open = counting_open  # type: ignore[method-assign]
+    assert DicomTagCache(volume).tags("/big.dcm")["Modality"] == "CT"
+    assert sum(reads) < 1 << 20
