@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import AccessDenied, EncfsPacsError
-from .policy.decide import Decision, decide
+from .policy.decide import Decision, decide, stored_before
 from .policy.guard import RateGuard, RecentCreations
 from .policy.holder import PolicyHolder
 from .policy.identity import IdentityResolver
@@ -116,7 +116,9 @@ class AccessGate:
         decision = decide(self.policy, caller, request, self._clock())
         rule = decision.rule
         if (decision.allowed and rule is not None and rule.rate_limit is not None
-                and request.op in DESTRUCTIVE_OPS and request.existing):
+                and request.op in DESTRUCTIVE_OPS and stored_before(rule, request)):
+            # Only files stored earlier count: a PACS finishing (renaming, fixing up) the files
+            # it is storing right now is not rewriting the archive.
             tripped = self.rate_guard.count(caller.process_key, rule.id, rule.rate_limit.changes,
                                             rule.rate_limit.seconds)
             if tripped is not None:

@@ -89,14 +89,14 @@ def decide(policy: Policy, caller: Caller, request: Request, now: datetime) -> D
 def _apply(rule: Rule, request: Request, trace: tuple[str, ...]) -> Decision:
     if rule.view is View.DENY:
         return Decision(False, View.DENY, rule, f"rule {rule.id} denies", trace)
-    if rule.write_once and request.op in DESTRUCTIVE_OPS and _stored_before(rule, request):
+    if rule.write_once and request.op in DESTRUCTIVE_OPS and stored_before(rule, request):
         return Decision(False, View.DENY, rule,
                         f"rule {rule.id} makes stored files write-once: {request.op} of an existing "
                         "file is refused", trace)
     return Decision(True, rule.view, rule, f"rule {rule.id} allows {request.op}", trace)
 
 
-def _stored_before(rule: Rule, request: Request) -> bool:
+def stored_before(rule: Rule, request: Request) -> bool:
     """True for a file that already existed, unless its creator is still within the grace period."""
     if not request.existing:
         return False

@@ -239,10 +239,6 @@ def test_threads_of_one_process_share_its_rate_guard() -> None:
         gate.authorize(ctx(PACS_WORKER), Op.DELETE, "/db/4.dcm")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (design gap, lead to decide): the rate guard counts a process "
-                   "renaming or fixing up a file it created moments ago (write-to-temp-then-rename "
-                   "ingest) as a change of an existing file, so a PACS storing more than max_changes "
-                   "images per window is blocked for life; write-once already exempts such files")
 def test_rate_guard_does_not_count_the_creator_finishing_its_new_files() -> None:
     gate, _, _ = make_gate(replace(GUARDED, write_once=True))
     for number in range(10):
