@@ -119,8 +119,8 @@ def test_resolve_a_child_program(spawn: Any) -> None:
     assert second.process_key != caller.process_key
 
 
-def test_exited_process_is_unidentified(spawn: Any) -> None:
-    child = spawn(SLEEP, "0")
+def test_exited_process_is_unidentified() -> None:
+    child = subprocess.Popen([SLEEP, "0"])
     child.wait(timeout=10)
     caller = IdentityResolver().resolve(child.pid, 0, 0)
     assert caller.unidentified is not None
@@ -401,6 +401,19 @@ def test_reused_pid_gets_a_fresh_identity(proc: FakeProc, program: Path, tmp_pat
     assert (second.exe, second.sha256, second.argv, second.start_time) == (
         str(other), sha(other), ("ransom", "--all"), 8000)
     assert second.process_key != first.process_key
+
+
+def test_reused_pid_of_the_same_program_gets_a_fresh_identity(proc: FakeProc, program: Path) -> None:
+    """Same executable, same pid, later start: the cache must not hand out the old argv/environ."""
+    folder = proc.add(100, program, start=5000, argv=("server", "--ward", "a"))
+    resolver = IdentityResolver(str(proc.root))
+    assert resolver.resolve(100, 0, 0).argv == ("server", "--ward", "a")
+    (folder / "cmdline").write_bytes(b"server\0--ward\0b\0")
+    (folder / "environ").write_bytes(b"LD_PRELOAD=/tmp/hook.so\0")
+    proc.set_start(100, 7000)
+    second = resolver.resolve(100, 0, 0)
+    assert (second.argv, second.start_time) == (("server", "--ward", "b"), 7000)
+    assert second.traced == "it was started with LD_PRELOAD set"
 
 
 def test_hashing_happens_once_per_executable_version(proc: FakeProc, program: Path,
