@@ -40,7 +40,8 @@ def _path_matches(rule: Rule, request: Request) -> bool:
     if path_within(request.path, rule.path):
         return True
     # Seeing the attributes of the folders above a rule's prefix is needed to reach it at all.
-    return request.op is Op.STAT and path_within(rule.path, request.path)
+    # Only for granting rules: a deny rule for /secret must not hide / from everyone.
+    return request.op is Op.STAT and rule.view is not View.DENY and path_within(rule.path, request.path)
 
 
 def _grants(rule: Rule, op: Op) -> bool:

@@ -19,7 +19,9 @@ import hashlib
 import os
 import pwd
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .model import Caller
@@ -46,8 +48,15 @@ class _ExeKey:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    # os.open/os.read: half the cost of open() for these tiny files, read on every request.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def start_time(pid: int, proc: str = PROC) -> int:
@@ -88,12 +97,22 @@ def _optional_int(path: str) -> int | None:
 
 
 class IdentityResolver:
-    """Resolves and caches caller identities; safe to use from many FUSE threads."""
+    """Resolves and caches caller identities; safe to use from many FUSE threads.
 
-    def __init__(self, proc: str = PROC) -> None:
+    Checked on every request: the process (pid and start time), its executable (an execve of
+    another program) and its command line (an interpreter exec-ing another script keeps pid,
+    start time and executable). Re-read at most ``refresh_seconds`` apart: groups, systemd
+    unit, a debugger attached later (TracerPid), the environment (LD_PRELOAD) — reading them
+    on every stat() would double the cost of metadata requests.
+    """
+
+    def __init__(self, proc: str = PROC, refresh_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._proc = proc
+        self._refresh = refresh_seconds
+        self._clock = clock
         self._lock = threading.Lock()
-        self._callers: OrderedDict[tuple[int, int, _ExeKey, int, int], Caller] = OrderedDict()
+        self._callers: OrderedDict[tuple[object, ...], tuple[Caller, float]] = OrderedDict()
         self._hashes: OrderedDict[_ExeKey, str] = OrderedDict()
         self._users: dict[int, str | None] = {}
 
@@ -109,21 +128,28 @@ class IdentityResolver:
                                "mount's pid namespace or is the kernel)")
         before = self._start_time(pid)
         exe_key, exe = self._executable(pid)
-        key = (pid, before, exe_key, uid, gid)
+        key = (pid, before, exe_key, uid, gid, self._command_line(pid))
+        now = self._clock()
         with self._lock:
-            cached = self._callers.get(key)
-            if cached is not None:
+            entry = self._callers.get(key)
+            if entry is not None:
                 self._callers.move_to_end(key)
-        if cached is None:
-            cached = self._build(pid, uid, gid, before, exe_key, exe)
+        if entry is None or now - entry[1] > self._refresh:
+            entry = (self._build(pid, uid, gid, before, exe_key, exe), now)
         # The pid could have been reused while we read: the start time must not have moved.
         if self._start_time(pid) != before:
             raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
         with self._lock:
-            self._callers[key] = cached
+            self._callers[key] = entry
             while len(self._callers) > CACHE_SIZE:
                 self._callers.popitem(last=False)
-        return cached
+        return entry[0]
+
+    def _command_line(self, pid: int) -> bytes:
+        try:
+            return _read(f"{self._proc}/{pid}/cmdline")
+        except OSError as exc:
+            raise Unidentified(f"/proc/{pid} became unreadable while identifying it ({exc})") from None
 
     def _start_time(self, pid: int) -> int:
         try:

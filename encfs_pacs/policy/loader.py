@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import math
 import posixpath
 import pwd
 import re
@@ -62,9 +63,17 @@ def _gid(name: str) -> int:
 
 
 def rule_lines(text: str) -> list[int]:
-    """1-based line numbers of each [[rule]] header, in order."""
-    return [number for number, line in enumerate(text.splitlines(), 1)
-            if re.match(r"^\s*\[\[\s*rule\s*\]\]", line)]
+    """1-based line numbers of each [[rule]] header, in order (not those inside multi-line strings)."""
+    lines, open_quote = [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        if open_quote is None and re.match(r"^\s*\[\[\s*rule\s*\]\]", line):
+            lines.append(number)
+        for quote in re.findall(r'"""|\'\'\'', line.split("#", 1)[0] if open_quote is None else line):
+            if open_quote is None:
+                open_quote = quote
+            elif quote == open_quote:
+                open_quote = None
+    return lines
 
 
 def load_policy(path: Path) -> Policy:
@@ -91,9 +100,10 @@ def parse_policy(text: str, source: str, uid_of: UserLookup = _uid, gid_of: User
     if unknown:
         raise PolicyInvalid(f"{source}: unknown top-level key {sorted(unknown)[0]!r} "
                             "(expected `version = 1` and [[rule]] tables)")
-    if document.get("version") != POLICY_VERSION:
+    version = document.get("version")
+    if type(version) is not int or version != POLICY_VERSION:  # True == 1.0 == 1 in Python
         raise PolicyInvalid(f"{source}: `version = {POLICY_VERSION}` is required at the top "
-                            f"(found {document.get('version')!r}); this encfs-pacs reads version "
+                            f"(found {version!r}); this encfs-pacs reads version "
                             f"{POLICY_VERSION} policies")
     tables = document.get("rule", [])
     if not isinstance(tables, list):
@@ -121,6 +131,8 @@ def parse_policy(text: str, source: str, uid_of: UserLookup = _uid, gid_of: User
 def _parse_rule(table: Any, where: str, line: int | None, uid_of: UserLookup, gid_of: UserLookup) -> Rule:
     if not isinstance(table, dict):
         raise PolicyInvalid(f"{where}: a rule must be a [[rule]] table")
+    if isinstance(table.get("id"), str) and RULE_ID.match(table["id"]):
+        where = f"{where} (rule {table['id']})"
     for key, value in table.items():
         if key not in RULE_KEYS:
             raise PolicyInvalid(f"{where}: unknown key {key!r} (known: {', '.join(RULE_KEYS)})")
@@ -133,7 +145,6 @@ def _parse_rule(table: Any, where: str, line: int | None, uid_of: UserLookup, gi
         raise PolicyInvalid(f"{where}: every rule needs an `id` ({RULE_KEYS['id'][1]})")
     if not RULE_ID.match(rule_id):
         raise PolicyInvalid(f"{where}: id {rule_id!r} is not valid: {RULE_KEYS['id'][1]}")
-    where = f"{where} (rule {rule_id})"
     fields: dict[str, Any] = {"id": rule_id, "line": line}
     for parse in (_identity_fields, _scope_fields, _control_fields):
         fields.update(parse(table, where, uid_of, gid_of))
@@ -202,7 +213,7 @@ def _scope_fields(table: dict[str, Any], where: str, *_: Any) -> dict[str, Any]:
     if "ops" in table:
         ops = []
         for op in table["ops"]:
-            if op not in {o.value for o in GRANTABLE_OPS}:
+            if not isinstance(op, str) or op not in {o.value for o in GRANTABLE_OPS}:
                 raise PolicyInvalid(f"{where}: unknown operation {op!r} in ops "
                                     f"(known: {', '.join(GRANTABLE_OPS)})")
             ops.append(Op(op))
@@ -219,14 +230,14 @@ def _control_fields(table: dict[str, Any], where: str, *_: Any) -> dict[str, Any
                                                           "comment", "reason") if key in table}
     if "write_once_grace_seconds" in table:
         grace = float(table["write_once_grace_seconds"])
-        if grace < 0:
+        if not math.isfinite(grace) or grace < 0:
             raise PolicyInvalid(f"{where}: write_once_grace_seconds must be 0 or more")
         fields["write_once_grace_seconds"] = grace
     if ("max_changes" in table) != ("window_seconds" in table):
         raise PolicyInvalid(f"{where}: the rate guard needs both max_changes and window_seconds")
     if "max_changes" in table:
         changes, seconds = table["max_changes"], float(table["window_seconds"])
-        if changes < 1 or seconds <= 0:
+        if changes < 1 or not math.isfinite(seconds) or seconds <= 0:
             raise PolicyInvalid(f"{where}: max_changes must be at least 1 and window_seconds above 0")
         fields["rate_limit"] = RateLimit(changes, seconds)
     if "expires" in table:
