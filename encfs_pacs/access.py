@@ -26,6 +26,8 @@ from .policy.identity import IdentityResolver
 from .policy.model import DESTRUCTIVE_OPS, Caller, Op, Policy, Request, View
 
 log = logging.getLogger("encfs_pacs.access")
+# Audit events after which a file's DICOM header may no longer be readable at its path.
+CHANGES_STORED_FILES = frozenset({"delete", "rename", "truncate"})
 
 
 class AuditSink(Protocol):
@@ -95,6 +97,8 @@ class AccessGate:
         written for a denial (default: the operation).
         """
         uid, gid, pid = context
+        if op is not Op.STAT:
+            self._audit_must_work()
         caller = self.resolver.resolve(pid, uid, gid)
         request = Request(op, path, existing,
                           self.created.age_for(path, caller.process_key) if existing else None)
@@ -142,6 +146,16 @@ class AccessGate:
 
     # -- audit records ----------------------------------------------------------------------
 
+    def _audit_must_work(self) -> None:
+        """Fail closed: no access the audit trail cannot record (unless --audit-fail-open)."""
+        check = getattr(self.audit, "check", None)
+        if check is not None:
+            check()
+
+    def _tags_before_change(self, path: str) -> dict[str, str] | None:
+        tags_now = getattr(self.audit, "tags_now", None)
+        return tags_now(path) if tags_now is not None else None
+
     def _record(self, event: str, caller: Caller, decision: Decision | None, path: str, *,
                 outcome: str, op: Op | None = None, errno: int | None = None, **extra: Any) -> None:
         payload: dict[str, Any] = {
@@ -160,6 +174,10 @@ class AccessGate:
     @contextlib.contextmanager
     def audited(self, grant: Grant, event: str, **extra: Any) -> Iterator[None]:
         """Run an allowed operation and record its outcome (the errno if it failed)."""
+        if event in CHANGES_STORED_FILES:  # after the change the header may be gone
+            tags = self._tags_before_change(grant.path)
+            if tags:
+                extra["object"] = {**extra.get("object", {}), "dicom": tags}
         try:
             yield
         except OSError as exc:

@@ -1,0 +1,91 @@
+"""The gate's audit sink: order kept, DICOM tags added off the request thread, fail closed."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from encfs_pacs.audit.enrich import EnrichingAudit
+from encfs_pacs.errors import EncfsPacsError
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.broken: Exception | None = None
+        self.closed = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def append(self, payload: dict[str, Any]) -> None:
+        self.gate.wait(10)
+        if self.broken is not None:
+            raise self.broken
+        self.records.append(payload)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeTags:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def tags(self, path: str) -> dict[str, str] | None:
+        self.asked.append(path)
+        return {"PatientID": "P-" + path.rsplit("/", 1)[-1]} if path.endswith(".dcm") else None
+
+
+def record(event: str, path: str) -> dict[str, Any]:
+    return {"event": event, "outcome": "allowed", "object": {"path": path}}
+
+
+def test_order_is_kept_and_opens_get_patient_tags_from_the_worker() -> None:
+    writer, tags = FakeWriter(), FakeTags()
+    sink = EnrichingAudit(writer, tags)  # type: ignore[arg-type]
+    writer.gate.clear()  # the writer is slow: appends must not wait for it
+    for number in range(50):
+        sink.append(record("open", f"/s/{number}.dcm"))
+    sink.append(record("delete", "/s/x.dcm"))
+    sink.append(record("open", "/notes.txt"))
+    assert writer.records == []  # nothing written yet, and append did not block
+    writer.gate.set()
+    sink.flush()
+    assert [r["object"]["path"] for r in writer.records] == [
+        *(f"/s/{n}.dcm" for n in range(50)), "/s/x.dcm", "/notes.txt"]
+    assert writer.records[7]["object"]["dicom"] == {"PatientID": "P-7.dcm"}
+    assert "dicom" not in writer.records[50]["object"]  # deletes: looked up by the caller, before
+    assert "dicom" not in writer.records[51]["object"]
+    assert "/s/x.dcm" not in tags.asked
+    sink.close()
+    assert writer.closed
+
+
+def test_fail_closed_until_the_log_works_again() -> None:
+    writer = FakeWriter()
+    sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
+    sink.check()
+    writer.broken = OSError(28, "No space left on device")
+    sink.append(record("open", "/a"))
+    sink.flush()
+    with pytest.raises(EncfsPacsError, match="No space left"):
+        sink.check()
+    writer.broken = None
+    sink.append(record("deny", "/b"))
+    sink.flush()
+    sink.check()  # recovered
+    assert [r["object"]["path"] for r in writer.records] == ["/b"]
+    sink.close()
+
+
+def test_fail_open_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    writer = FakeWriter()
+    sink = EnrichingAudit(writer, None, fail_open=True)  # type: ignore[arg-type]
+    writer.broken = OSError(5, "Input/output error")
+    sink.append(record("open", "/lost-record"))
+    sink.flush()
+    sink.check()  # no exception: the admin chose --audit-fail-open
+    assert "NOT written" in caplog.text and "/lost-record" in caplog.text
+    sink.close()
