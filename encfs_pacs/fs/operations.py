@@ -139,7 +139,11 @@ class EncryptedOperations(Operations):
             return self._handles[fi.fh].file.stat()
         if path is None:
             raise FuseOSError(errno.ENOENT)
-        self._allow(Op.STAT, path, event="stat")
+        if not _is_hidden(path):
+            # (libfuse itself probes .fuse_hidden* names, in the caller's name, to find a free
+            # one before hiding a file that is unlinked while open: refusing the probe would turn
+            # the delete decision into EBUSY. Such names hold already-deleted files only.)
+            self._allow(Op.STAT, path, event="stat")
         return self.volume.getattr(path)
 
     @_errno_boundary

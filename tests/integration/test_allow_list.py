@@ -426,3 +426,24 @@ def test_break_glass_grant_expires_by_itself(policy: Path, pacs: Agent, bin_dir:
     end = text.index("\n", start)
     policy.write_text(text[:start] + "2020-01-01T00:00:00Z" + text[end:])
     assert wait_until(lambda: cat(emergency, target).returncode != 0)
+
+
+def test_denied_unlink_of_a_file_open_elsewhere_is_eacces(policy: Path, pacs: Agent, rogue: Agent,
+                                                          mount_volume: Callable[..., Mounted]) -> None:
+    """libfuse hides a file that is unlinked while open by renaming it, after probing for a free
+    hidden name in the caller's name: the probe must not be what refuses (EBUSY)."""
+    allow_pacs(policy)
+    m = mount_volume(policy)
+    store_images(pacs, m.mountpoint, count=1)
+    target = str(m.mountpoint / "study/img0.dcm")
+    holder = pacs.start({"op": "open", "path": target, "name": "f"}, {"op": "wait"},
+                        {"op": "close", "name": "f"})
+    try:
+        assert holder.stdout is not None
+        assert json.loads(holder.stdout.readline()) == {"ok": True}
+        result = rogue.run({"op": "unlink", "path": target})[0]
+        step(holder)
+    finally:
+        holder.kill()
+    assert denied(result), result
+    assert pacs.run({"op": "stat", "path": target})[0]["ok"]
