@@ -1,0 +1,138 @@
+"""Fixtures for the end-to-end tests: a PACS site on an encfs-pacs mount under an allow-list.
+
+Module-scoped (starting a mount and Orthanc once per module keeps the group fast); teardown
+runs in dependency order whatever the tests did: Orthanc and storescp stop first, then the
+volume is unmounted, then the network namespace goes.
+
+The site's policy allows exactly the programs the PACS needs, each pinned by SHA-256:
+Orthanc in /orthanc (its storage area and its SQLite index), storescp writing and dcmdump
+reading in /incoming, ``mkdir`` creating folders (the operator preparing the volume), and the
+tests' own reader (tests/e2e/reader.py: read and list only). Everything else — the test
+process itself, cat, dd, a Python one-liner — is denied.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, _teardown_unmount, run_cli
+
+from .pacs import ORTHANC, NetNamespace, Orthanc, missing_pacs_software, tool
+
+READER = Path(__file__).with_name("reader.py")
+PYTHON = os.path.realpath(sys.executable)
+READER_ARGS = "* */e2e/reader.py *"  # the interpreter alone identifies nothing
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = missing_pacs_software()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"end-to-end test skipped: {reason}")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+def site_policy(path: Path) -> Path:
+    """Write the site's allow-list with the admin CLI (which pins each program's hash)."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+
+    def allow(*args: str) -> None:
+        run_cli("allow", "add", "--policy", path, *args)
+
+    allow("--id", "orthanc", "--exe", ORTHANC, "--path", "/orthanc")
+    allow("--id", "storescp", "--exe", tool("storescp"), "--path", "/incoming")
+    allow("--id", "dcmdump", "--exe", tool("dcmdump"), "--path", "/incoming", "--ops", "read,list")
+    allow("--id", "folders", "--exe", tool("mkdir"), "--ops", "create")
+    allow("--id", "e2e-reader", "--exe", PYTHON, "--args", READER_ARGS, "--ops", "read,list")
+    return path
+
+
+@dataclass
+class Site:
+    """A mounted volume with the site policy. ``mnt``: the plaintext view; ``backing``: the disk."""
+
+    mounted: Mounted
+    workdir: Path
+
+    @property
+    def mnt(self) -> Path:
+        return self.mounted.mountpoint
+
+    @property
+    def backing(self) -> Path:
+        return self.mounted.backing
+
+    def mkdir(self, relative: str) -> Path:
+        """Create a folder on the mount the way an operator would (with mkdir(1))."""
+        path = self.mnt / relative
+        subprocess.run([tool("mkdir"), str(path)], check=True, capture_output=True, timeout=60)
+        return path
+
+    def read(self, action: str, **arguments: Any) -> Any:
+        """Run the allowed reader program (tests/e2e/reader.py) on the mount."""
+        return read(action, **arguments)
+
+    def remount(self) -> None:
+        self.mounted.unmount()
+        self.mounted.mount()
+
+
+def read(action: str, **arguments: Any) -> Any:
+    import json
+
+    result = subprocess.run([PYTHON, str(READER), action, json.dumps(arguments)], capture_output=True,
+                            text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise AssertionError(f"reader {action} failed:\n{result.stderr}")
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[NetNamespace]:
+    namespace = NetNamespace()
+    try:
+        yield namespace
+    finally:
+        namespace.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    workdir = tmp_path_factory.mktemp("site")
+    passphrase = workdir / "passphrase.txt"
+    passphrase.write_text(PASSPHRASE + "\n")
+    passphrase.chmod(0o600)
+    backing, mountpoint = workdir / "backing", workdir / "mnt"
+    run_cli("init", backing, "--passphrase-file", passphrase, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
+    mountpoint.mkdir()
+    mounted = Mounted(backing=backing, mountpoint=mountpoint, log_file=workdir / "daemon.log",
+                      passphrase_file=passphrase, policy_file=site_policy(workdir / "etc" / "policy.toml"))
+    try:
+        mounted.mount()
+        yield Site(mounted=mounted, workdir=workdir)
+    finally:
+        problem = _teardown_unmount(mounted)
+        log = mounted.log()
+        if "internal error" in log or "Traceback" in log:
+            pytest.fail(f"the mount daemon logged an internal error:\n{log}", pytrace=False)
+        if problem:
+            pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def orthanc(site: Site, netns: NetNamespace) -> Iterator[Orthanc]:
+    server = Orthanc(netns, site.mnt / "orthanc", site.workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
