@@ -27,7 +27,7 @@ from conftest import PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, _teardown_unmount, 
 from .pacs import ORTHANC, NetNamespace, Orthanc, missing_pacs_software, tool
 
 READER = Path(__file__).with_name("reader.py")
-PYTHON = os.path.realpath(sys.executable)
+PYTHON = os.path.realpath(sys.executable)  # what /proc/PID/exe shows: the rule's exe
 READER_ARGS = "* */e2e/reader.py *"  # the interpreter alone identifies nothing
 
 
@@ -85,11 +85,35 @@ class Site:
         self.mounted.unmount()
         self.mounted.mount()
 
+    def backing_files(self, below: str = "") -> dict[str, bytes]:
+        """The stored (encrypted) files under ``below``, read straight from the backing folder
+        (the volume's own metadata folder excluded)."""
+        root = self.backing / below
+        return {str(p.relative_to(self.backing)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and ".encfs-pacs" not in p.relative_to(self.backing).parts}
+
+    def plaintext_in_backing(self, needles: dict[str, bytes]) -> list[str]:
+        """Every trace of plaintext on the disk: a needle inside a stored file, a DICOM preamble
+        ('DICM' at offset 128), a SQLite header, or a needle in a file or folder name."""
+        findings = []
+        for name, data in self.backing_files().items():
+            findings += [f"{name}: contains {label}" for label, needle in needles.items() if needle in data]
+            if data[128:132] == b"DICM":
+                findings.append(f"{name}: DICOM preamble ('DICM' at offset 128)")
+            if data.startswith(b"SQLite format 3\0"):
+                findings.append(f"{name}: SQLite header")
+        for path in self.backing.rglob("*"):
+            findings += [f"{path}: name contains {label}" for label, needle in needles.items()
+                         if needle in os.fsencode(path.name)]
+        return findings
+
 
 def read(action: str, **arguments: Any) -> Any:
     import json
 
-    result = subprocess.run([PYTHON, str(READER), action, json.dumps(arguments)], capture_output=True,
+    # Run through the venv's interpreter (sys.executable) so pydicom is importable; the kernel
+    # resolves it to the same binary (PYTHON) that the rule pins.
+    result = subprocess.run([sys.executable, str(READER), action, json.dumps(arguments)], capture_output=True,
                             text=True, timeout=300, check=False, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise AssertionError(f"reader {action} failed:\n{result.stderr}")

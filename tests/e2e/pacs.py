@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 ORTHANC = "/usr/sbin/Orthanc"
-DCMTK_TOOLS = ("storescu", "storescp", "dcmdump")
+DCMTK_TOOLS = ("storescu", "storescp", "dcmdump", "findscu")
 HELPERS = ("unshare", "nsenter", "ip")
 CLONE_NEWNET = 0x40000000
+MODALITY_AET = "E2EMODALITY"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
 
@@ -174,6 +175,9 @@ class Orthanc:
             "DicomAet": self.aet,
             "DicomPort": self.dicom_port,
             "SaveJobs": False,
+            # The modality the tests play (storescu, findscu) may store and query.
+            "DicomModalities": {"e2e": [MODALITY_AET, "127.0.0.1", 104]},
+            "DicomCheckModalityHost": False,
         }
 
     # -- life cycle
@@ -287,9 +291,19 @@ class Orthanc:
         """Send files with DCMTK's storescu (C-STORE), as a modality would."""
         storescu(self.netns, self.aet, self.dicom_port, files)
 
+    def findscu_studies(self, patient_id: str) -> str:
+        """C-FIND at study level with DCMTK's findscu; its output lists the matches."""
+        result = self.netns.run("findscu", "-S", "-aet", MODALITY_AET, "-aec", self.aet,
+                                "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient_id}",
+                                "-k", "StudyInstanceUID", "-k", "PatientName",
+                                "127.0.0.1", str(self.dicom_port))
+        if result.returncode != 0:
+            raise AssertionError(f"findscu failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        return result.stdout + result.stderr
+
 
 def storescu(netns: NetNamespace, aet: str, port: int, files: Iterable[Path]) -> None:
-    result = netns.run("storescu", "-aet", "E2EMODALITY", "-aec", aet, "127.0.0.1", str(port),
+    result = netns.run("storescu", "-aet", MODALITY_AET, "-aec", aet, "127.0.0.1", str(port),
                        *map(str, files))
     if result.returncode != 0:
         raise AssertionError(f"storescu failed ({result.returncode}):\n{result.stdout}{result.stderr}")

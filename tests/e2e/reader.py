@@ -7,6 +7,8 @@ this script is, through a rule on the Python interpreter plus its command line
 Actions:
   files   {"root"}                        every regular file below root: size and SHA-256
   exists  {"paths"}                       which paths exist
+  grep    {"root", "needles"}             for every file below root: which needles (hex) it
+                                          contains, and its bytes 0-15 and 128-131 (hex)
   dicom   {"paths", "defer_size"}         pydicom with deferred reads: which elements were
                                           deferred, then their values (read by reopening)
   sqlite  {"path"}                        integrity check and row counts of a SQLite file
@@ -30,12 +32,29 @@ def files(root: str) -> dict[str, Any]:
             path = os.path.join(folder, name)
             with open(path, "rb") as f:
                 data = f.read()
-            found[os.path.relpath(path, root)] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            digest = hashlib.sha256(data).hexdigest()
+            found[os.path.relpath(path, root)] = {"size": len(data), "sha256": digest}
     return found
 
 
 def exists(paths: list[str]) -> dict[str, bool]:
     return {path: os.path.exists(path) for path in paths}
+
+
+def grep(root: str, needles: list[str]) -> dict[str, Any]:
+    wanted = [bytes.fromhex(n) for n in needles]
+    found = {}
+    for folder, _, names in os.walk(root, onerror=_raise):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            found[os.path.relpath(path, root)] = {
+                "needles": [n.hex() for n in wanted if n in data],
+                "head": data[:16].hex(),
+                "at128": data[128:132].hex(),
+            }
+    return found
 
 
 def dicom(paths: list[str], defer_size: int) -> dict[str, Any]:
@@ -46,7 +65,8 @@ def dicom(paths: list[str], defer_size: int) -> dict[str, Any]:
         ds = pydicom.dcmread(path, defer_size=defer_size)
         # Before any access, large values are still placeholders pointing into the file
         # (get_item(keep_deferred=True) does not load them; ds[tag] would) ...
-        deferred = [f"{tag:08X}" for tag in ds.keys() if _is_deferred(ds, tag)]
+        tags = list(ds.keys())  # iterating the data set itself would load every value
+        deferred = [f"{tag:08X}" for tag in tags if _is_deferred(ds, tag)]
         # ... and touching one reopens the file by name and seeks to it.
         pixels = ds.PixelData if "PixelData" in ds else b""
         answers[path] = {
@@ -82,7 +102,7 @@ def _raise(error: OSError) -> None:
     raise error
 
 
-ACTIONS = {"files": files, "exists": exists, "dicom": dicom, "sqlite": sqlite}
+ACTIONS = {"files": files, "exists": exists, "grep": grep, "dicom": dicom, "sqlite": sqlite}
 
 
 def main() -> None:
