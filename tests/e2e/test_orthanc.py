@@ -126,8 +126,8 @@ def test_studies_stored_via_rest_and_cstore_are_found_with_their_tags(pacs: Orth
         found = pacs.post("/tools/find", {"Level": "Study", "Query": {"PatientID": study.patient_id},
                                           "Expand": True})
         assert [f["MainDicomTags"]["StudyInstanceUID"] for f in found] == [study.uid]
-        series = [pacs.get(f"/series/{s}") for s in found[0]["Series"]]
-        series = {s["MainDicomTags"]["SeriesInstanceUID"]: len(s["Instances"]) for s in series}
+        answers = [pacs.get(f"/series/{s}") for s in found[0]["Series"]]
+        series = {a["MainDicomTags"]["SeriesInstanceUID"]: len(a["Instances"]) for a in answers}
         assert series == {s.uid: len(s.files) for s in study.series}
         # The same through the DICOM network, as a viewer queries a PACS.
         assert study.uid in pacs.findscu_studies(study.patient_id)
@@ -257,8 +257,8 @@ def denied(result: subprocess.CompletedProcess[str]) -> bool:
 
 
 def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=120, check=False,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(list(map(str, argv)), capture_output=True, text=True, errors="replace",
+                          timeout=120, check=False, stdin=subprocess.DEVNULL)
 
 
 def test_programs_not_allowed_cannot_read_or_damage_orthanc_files_while_it_runs(
