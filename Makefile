@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the mount and the tests use at run time.
-APT_PACKAGES := fuse3
+APT_PACKAGES := fuse3 orthanc dcmtk
 
 .PHONY: demo test setup apt lint clean
 

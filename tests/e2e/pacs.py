@@ -3,7 +3,8 @@
 Orthanc and storescp listen on every interface (no bind-address option), so each test module
 gets its own network namespace holding only a loopback interface: nothing they open is
 reachable from the machine's network, and ports cannot clash with anyone else's. A holder
-process (``sleep infinity`` started by ``unshare --net``) keeps the namespace alive; servers
+process (started by ``unshare --net``; it brings loopback up, then sleeps) keeps the namespace
+alive; servers
 and command-line clients join it with ``nsenter --net=/proc/HOLDER/ns/net`` (which execs the
 program itself, so the file system sees the real executable — what the allow-list matches).
 The test process talks HTTP to Orthanc over a socket created inside the namespace by a
@@ -22,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -30,7 +32,7 @@ from typing import Any
 
 ORTHANC = "/usr/sbin/Orthanc"
 DCMTK_TOOLS = ("storescu", "storescp", "dcmdump", "findscu")
-HELPERS = ("unshare", "nsenter", "ip")
+HELPERS = ("unshare", "nsenter")
 CLONE_NEWNET = 0x40000000
 MODALITY_AET = "E2EMODALITY"
 START_TIMEOUT = 60.0
@@ -48,7 +50,7 @@ def missing_pacs_software() -> str | None:
         return f"{', '.join(missing)} missing (install the Debian package dcmtk)"
     missing = [tool for tool in HELPERS if shutil.which(tool) is None]
     if missing:
-        return f"{', '.join(missing)} missing (util-linux and iproute2 are needed)"
+        return f"{', '.join(missing)} missing (install util-linux)"
     return None
 
 
@@ -65,14 +67,27 @@ def tool(name: str) -> str:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+# The holder: brings loopback up (what `ip link set lo up` does, without needing iproute2),
+# says so, and sleeps until killed.
+_HOLDER = """
+import fcntl, signal, socket, struct
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0)))[1]
+    fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
 
 class NetNamespace:
     """A network namespace with loopback up, alive while its holder process runs."""
 
     def __init__(self) -> None:
-        self.holder = subprocess.Popen(
-            ["unshare", "--net", "sh", "-c", "ip link set lo up && echo ready && exec sleep infinity"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        self.holder = subprocess.Popen(["unshare", "--net", sys.executable, "-c", _HOLDER],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       stdin=subprocess.DEVNULL)
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()  # 'ready' once lo is up (EOF if unshare failed)
         if line.strip() != "ready":
