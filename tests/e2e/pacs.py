@@ -4,9 +4,9 @@ Orthanc and storescp listen on every interface (no bind-address option), so each
 gets its own network namespace holding only a loopback interface: nothing they open is
 reachable from the machine's network, and ports cannot clash with anyone else's. A holder
 process (started by ``unshare --net``; it brings loopback up, then sleeps) keeps the namespace
-alive; servers
-and command-line clients join it with ``nsenter --net=/proc/HOLDER/ns/net`` (which execs the
-program itself, so the file system sees the real executable — what the allow-list matches).
+alive; servers and command-line clients join it with ``nsenter --net=/proc/HOLDER/ns/net``
+(which execs the program itself, so the file system sees the real executable — what the
+allow-list matches).
 The test process talks HTTP to Orthanc over a socket created inside the namespace by a
 short-lived thread (``setns`` switches only the calling thread; a socket stays in the
 namespace it was created in).
