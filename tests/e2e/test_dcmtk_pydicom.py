@@ -39,12 +39,17 @@ class Received:
 
     mount_dir: Path
     plain_dir: Path
-    study: Study
+    study: Study  # 64x64 slices
+    large: Study  # 512x512 slices
     sources: list[Path]
     overwritten: Path  # the source whose instance arrived twice: first larger, then smaller
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.plain_dir.iterdir())
+
+    @property
+    def generated(self) -> list[Path]:
+        return [*self.study.files, *self.large.files]
 
 
 def smaller_copy(source: Path, target: Path) -> Path:
@@ -63,6 +68,8 @@ def received(site: Site, netns: NetNamespace, tmp_path_factory: pytest.TempPathF
     work = tmp_path_factory.mktemp("dcmtk")
     study = write_ct_study(work / "echo", patient_name="E2E^ECHO^DCMTK", patient_id="E2E-ECHO-5",
                            series_count=1, slices=40, size=64)
+    large = write_ct_study(work / "hotel", patient_name="E2E^HOTEL^LARGE", patient_id="E2E-HOTEL-7",
+                           series_count=1, slices=4, size=512)  # 0.5 MB files: several chunks each
     first = study.files[0]
     resend = smaller_copy(first, work / "resend.dcm")
     plain_dir = work / "plain-incoming"
@@ -70,7 +77,7 @@ def received(site: Site, netns: NetNamespace, tmp_path_factory: pytest.TempPathF
     mount_dir = site.mkdir("incoming")
     receivers = [StoreSCP(netns, mount_dir, site.workdir / "storescp-mount.log", port=11113, aet="ONMOUNT"),
                  StoreSCP(netns, plain_dir, work / "storescp-plain.log", port=11114, aet="ONDISK")]
-    sources = [*study.files, *map(pydicom_sample, SAMPLES)]
+    sources = [*study.files, *large.files, *map(pydicom_sample, SAMPLES)]
     try:
         for receiver in receivers:
             receiver.start()
@@ -80,7 +87,7 @@ def received(site: Site, netns: NetNamespace, tmp_path_factory: pytest.TempPathF
         for receiver in receivers:
             receiver.stop()
     assert "overwriting" in receivers[1].log(), "the reference run did not overwrite: test setup broken"
-    return Received(mount_dir=mount_dir, plain_dir=plain_dir, study=study, sources=sources,
+    return Received(mount_dir=mount_dir, plain_dir=plain_dir, study=study, large=large, sources=sources,
                     overwritten=resend)
 
 
@@ -130,7 +137,7 @@ def test_dcmdump_extracts_the_exact_pixel_data_from_the_mount(received: Received
             continue  # dcmdump writes pixels in the machine's byte order: compare sizes only
         assert raw[0].read_bytes() == ds.PixelData, f"{name}: pixel data differs"
         compared += 1
-    assert compared >= len(received.study.files)
+    assert compared >= len(received.generated)
 
 
 def test_pydicom_deferred_reads_from_the_mount(site: Site, received: Received) -> None:
@@ -140,13 +147,13 @@ def test_pydicom_deferred_reads_from_the_mount(site: Site, received: Received) -
     for name in names:
         assert on_mount[str(received.mount_dir / name)] == on_disk[str(received.plain_dir / name)], name
     deferred = [a for a in on_mount.values() if "7FE00010" in a["deferred"]]
-    assert len(deferred) >= len(received.study.files), "pixel data should have been read deferred"
+    assert len(deferred) >= len(received.generated), "pixel data should have been read deferred"
 
 
 def test_received_files_are_ciphertext_on_disk(site: Site, received: Received) -> None:
     names = {str(pydicom.dcmread(p, stop_before_pixels=True).PatientName) for p in received.sources}
     needles = {f"patient name {n!r}": n.encode() for n in names if len(n) >= 6}
-    for path in received.study.files[1::5]:  # (the first slice was replaced by its resend)
+    for path in [*received.study.files[1::5], *received.large.files]:  # (slice 1 was replaced)
         needles |= {f"pixel bytes of {path.name} #{k}": run for k, run in enumerate(pixel_runs(path))}
     # The needles are in the plaintext files (else the check below would be void).
     plain = b"".join(p.read_bytes() for p in received.plain_dir.iterdir())

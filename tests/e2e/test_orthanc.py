@@ -4,9 +4,10 @@ The promise to hospitals: the PACS runs on the mount exactly as on a plain disk,
 holds only ciphertext and programs not on the allow-list get nothing. The site policy
 (conftest.py) allows /usr/sbin/Orthanc, hash-pinned, in /orthanc only.
 
-The archive (stored once per module): a two-series CT study, one series sent through the REST
-API and one by C-STORE (storescu); a second patient's CT series by C-STORE; and five of
-pydicom's sample files (CT, MR, JPEG 2000, RLE, RT dose) through REST. Orthanc keeps files
+The archive (stored once per module, uploads and a C-STORE push running at the same time): a
+two-series CT study, one series sent through the REST API and one by C-STORE (storescu); a
+second patient's CT series by C-STORE; six full-size 512x512 slices (0.5 MB, several chunks
+each) and five of pydicom's sample files (CT, MR, JPEG 2000, RLE, RT dose) through REST. Orthanc keeps files
 stored through REST byte for byte; for C-STORE it writes its own file meta header, so those
 are compared element by element and pixel byte by pixel byte.
 """
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 SAMPLES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "rtdose.dcm")
 DOWNLOAD_THREADS = 4  # Orthanc serves HTTP from many threads: concurrent reads of the mount
+UPLOAD_THREADS = 3
 
 
 @dataclass
@@ -60,13 +62,19 @@ def archive(orthanc: Orthanc, tmp_path_factory: pytest.TempPathFactory) -> Archi
                            series_count=2, slices=24, size=64)
     bravo = write_ct_study(folder / "bravo", patient_name="E2E^BRAVO", patient_id="E2E-BRAVO-2",
                            series_count=1, slices=30, size=128)
-    archive = Archive(studies=[alpha, bravo])
-    for path in [*alpha.series[0].files, *map(pydicom_sample, SAMPLES)]:
-        instance = orthanc.upload(path)["ID"]
-        archive.sources[instance] = path
-        archive.via_rest.add(instance)
+    # Real CT slices are 512x512 (0.5 MB): several 64 KiB chunks per file, unlike the rest.
+    golf = write_ct_study(folder / "golf", patient_name="E2E^GOLF^LARGE", patient_id="E2E-GOLF-6",
+                          series_count=1, slices=6, size=512)
+    archive = Archive(studies=[alpha, bravo, golf])
+    by_rest = [*alpha.series[0].files, *golf.files, *map(pydicom_sample, SAMPLES)]
     by_cstore = [*alpha.series[1].files, *bravo.files]
-    orthanc.storescu(by_cstore)
+    # A modality pushes while a user uploads: Orthanc writes files and its index concurrently.
+    with ThreadPoolExecutor(UPLOAD_THREADS + 1) as pool:
+        pushed = pool.submit(orthanc.storescu, by_cstore)
+        for path, answer in zip(by_rest, pool.map(orthanc.upload, by_rest), strict=True):
+            archive.sources[answer["ID"]] = path
+            archive.via_rest.add(answer["ID"])
+        pushed.result()
     for path in by_cstore:
         archive.sources[lookup_instance(orthanc, pydicom.dcmread(path).SOPInstanceUID)] = path
     return archive
