@@ -236,6 +236,13 @@ class Orthanc:
                                      f"{self.log_tail()}") from None
         return process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, no shutdown code runs (the SQLite WAL is left for recovery)."""
+        assert self.process is not None and self.running, "Orthanc is not running"
+        process, self.process = self.process, None
+        process.kill()
+        process.wait(timeout=30)
+
     def restart(self) -> None:
         code = self.stop()
         assert code == 0, f"Orthanc exited with {code}:\n{self.log_tail()}"

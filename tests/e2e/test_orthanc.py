@@ -14,11 +14,13 @@ are compared element by element and pixel byte by pixel byte.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +209,38 @@ def test_deleting_a_series_removes_its_files_and_a_remount_keeps_the_rest(
         assert pacs.download(f"/instances/{instance}/file") == source.read_bytes()
     assert_archive_intact(pacs, site, archive)
     assert pacs.errors() == []
+
+
+def test_orthanc_recovers_its_index_on_the_mount_after_being_killed_mid_ingest(
+        pacs: Orthanc, site: Site, archive: Archive, tmp_path: Path) -> None:
+    india = write_ct_study(tmp_path / "india", patient_name="E2E^INDIA", patient_id="E2E-INDIA-8",
+                           series_count=1, slices=50, size=128)
+    stored: dict[Path, str] = {}
+    for path in india.files:  # one upload after the other; the crash comes in the middle
+        stored[path] = pacs.upload(path)["ID"]
+        if len(stored) == 30:
+            break
+    with ThreadPoolExecutor(1) as pool:  # a modality still pushing the rest when Orthanc dies
+        pushing = pool.submit(pacs.storescu, india.files[30:])
+        deadline = time.monotonic() + 60
+        while pacs.get("/statistics")["CountInstances"] < len(archive.sources) + 35:
+            assert time.monotonic() < deadline and not pushing.done(), "the push did not progress"
+            time.sleep(0.05)
+        pacs.kill()
+        with contextlib.suppress(AssertionError):  # storescu fails: its peer vanished
+            pushing.result()
+
+    pacs.start()  # SQLite recovers from the WAL left on the mount
+    for path, instance in stored.items():
+        assert pacs.download(f"/instances/{instance}/file") == path.read_bytes()
+    listed = pacs.post("/tools/find", {"Level": "Instance", "Query": {"PatientID": "E2E-INDIA-8"}})
+    assert len(listed) >= 30
+    for instance in listed:  # whatever the index lists (pushed ones too) is complete and readable
+        assert pydicom.dcmread(io.BytesIO(pacs.download(f"/instances/{instance}/file"))).PixelData
+    assert_archive_intact(pacs, site, archive)
+    assert pacs.stop() == 0, pacs.log_tail()
+    assert site.read("sqlite", path=str(pacs.root / "index" / "index"))["integrity"] == ["ok"]
+    pacs.start()
 
 
 # ---------------------------------------------------------------------------- what the disk holds
