@@ -29,7 +29,7 @@ import pydicom
 import pytest
 
 from .conftest import PYTHON, Site
-from .pacs import HTTPError, NetNamespace, Orthanc, tool
+from .pacs import HTTPError, Orthanc, tool
 from .studies import Study, pixel_runs, pydicom_sample, sha256, write_ct_study
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -304,7 +304,7 @@ def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_programs_not_allowed_cannot_read_or_damage_orthanc_files_while_it_runs(
-        pacs: Orthanc, site: Site, archive: Archive, netns: NetNamespace, tmp_path: Path) -> None:
+        pacs: Orthanc, site: Site, archive: Archive, tmp_path: Path) -> None:
     instance = next(iter(archive.via_rest))
     image, index = pacs.root / pacs.storage_path(instance), pacs.root / "index" / "index"
     storage = image.parent
