@@ -207,6 +207,8 @@ def test_deleting_a_series_removes_its_files_and_a_remount_keeps_the_rest(
     # area may also hold files Orthanc wrote but never indexed: that is Orthanc's behaviour).
     assert set(index["attachment_uuids"]) <= {Path(name).name for name in stored_files}
     assert index["attachment_uuids"], "the index lists no attachment: test broken"
+    assert {Path(p).name for p in doomed.values()}.isdisjoint(index["attachment_uuids"])
+    assert {Path(p).name for p in doomed.values()}.isdisjoint(Path(name).name for name in stored_files)
     hidden = [p for p in (site.backing / "orthanc").rglob(".fuse_hidden*")]
     assert hidden == [], f"unlinked files left behind in the backing folder: {hidden}"
 
