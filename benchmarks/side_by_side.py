@@ -103,6 +103,7 @@ class Run:
         self.errors: list[dict[str, str]] = []
         self.notes: list[str] = []
         self.caches_dropped = True
+        self.machine: dict[str, object] = {}
         self.context = Context(self.sizes, self.cold)
         self.workloads: dict[str, WorkloadFn] = {
             name: WORKLOADS[name] for name in args.workloads if name in WORKLOADS}
@@ -114,6 +115,7 @@ class Run:
             self.notes.append("the page cache could not be dropped (not root?): cold reads are warm")
 
     def set_up(self) -> None:
+        self.machine = report.machine_info(self.workdir, REPO)
         secret = systems.write_secret(self.workdir / "secret")
         placeholders: dict[str, str] = {}
         if any("{policy}" in flag for spec in self.specs for flag in spec.mount_flags):
@@ -186,7 +188,7 @@ class Run:
             "page_cache_dropped": self.caches_dropped,
             "sizes": dataclasses.asdict(self.sizes),
             "chunk_size": self.args.chunk_size,
-            "machine": report.machine_info(self.workdir, REPO),
+            "machine": self.machine,
             "systems": {s.name: {"description": s.spec.description, "kind": s.spec.kind,
                                  "mount_flags": list(s.spec.mount_flags), "mounts": s.mounts,
                                  "read_ahead_kb": s.read_ahead_kb,

@@ -178,7 +178,7 @@ def machine_info(workdir: Path, repo: Path) -> dict[str, object]:
         "python": platform.python_version(),
         "binding": f"mfusepy {_package_version('mfusepy')} on libfuse {LIBFUSE_VERSION}",
         "libfuse3_package": _command_output("dpkg-query", "-W", "-f=${Version}", "libfuse3-3"),
-        "gocryptfs": (_command_output("gocryptfs", "-version") or "").splitlines()[0:1],
+        "gocryptfs": next(iter((_command_output("gocryptfs", "-version") or "").splitlines()), None),
         "encfs_pacs": f"{_package_version('encfs-pacs')} (git {commit}{'+dirty' if dirty else ''})",
         "backing": _command_output("findmnt", "-n", "-o", "SOURCE,FSTYPE,OPTIONS", "-T", str(workdir)),
     }
