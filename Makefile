@@ -6,8 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the mount and the tests use at run time.
 APT_PACKAGES := fuse3 orthanc dcmtk
+# What `make bench` compares against and drives (gocryptfs; Orthanc in its own network namespace).
+BENCH_APT_PACKAGES := fuse3 gocryptfs orthanc iproute2 util-linux
+BENCH_ARGS ?=
 
-.PHONY: demo test setup apt lint clean
+.PHONY: demo test setup apt lint clean bench
 
 demo: setup
 	$(BIN)/encfs-pacs demo
@@ -19,6 +22,12 @@ lint: setup
 	$(BIN)/ruff check encfs_pacs tests
 
 setup: apt $(VENV)/.installed
+
+# Side-by-side benchmark (raw disk, gocryptfs, encfs-pacs); not part of `make test`.
+# `make bench BENCH_ARGS=--quick` is a 1-minute smoke run; see docs/performance.md.
+bench: setup
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(BENCH_APT_PACKAGES)"
+	$(BIN)/python benchmarks/side_by_side.py $(BENCH_ARGS)
 
 # Install only what is missing, so a second run costs nothing and needs no network.
 apt:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .systems import System
+from .systems import System, die_with_parent
 
 HTTP_PORT = 18042
 DICOM_PORT = 14242
@@ -99,7 +99,7 @@ def ingest(system: System, sources: Path, expected: int, run: int) -> dict[str, 
     # Own session: on a timeout the client and its Orthanc are ended together, by group id,
     # so no Orthanc is left holding the mount busy.
     client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              start_new_session=True, preexec_fn=die_with_parent)
     try:
         out, err = client.communicate(timeout=TIMEOUT_S)
     finally:

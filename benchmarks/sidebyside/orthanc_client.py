@@ -5,6 +5,7 @@ prints one JSON line. Standard library only."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import http.client
 import json
 import signal
@@ -12,6 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def wait_until_up(port: int, orthanc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
@@ -62,7 +67,7 @@ def main() -> int:
     bodies = [path.read_bytes() for path in sorted(args.sources.glob("*.dcm"))]
     with open(args.log, "ab") as log:
         orthanc = subprocess.Popen([args.orthanc, args.config], stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=log)
+                                   stdout=log, stderr=log, preexec_fn=die_with_parent)
     try:
         wait_until_up(args.port, orthanc)
         seconds = post_all(args.port, bodies)

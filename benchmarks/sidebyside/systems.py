@@ -10,6 +10,7 @@ runs, made by ``encfs-pacs allow add``) and ``{audit_log}`` (a fresh file in the
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -118,6 +119,11 @@ def sweep_mounts(under: Path) -> list[str]:
     for mountpoint in left:
         force_unmount(Path(mountpoint))
     return left
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM if we die, even by SIGKILL (no orphan keeps a mount busy)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def wait_for(condition, timeout: float, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
@@ -256,7 +262,8 @@ class GocryptfsSystem(System):
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 ["gocryptfs", "-fg", "-q", "-passfile", str(self.secret_file), str(self.cipher),
-                 str(self.path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                 str(self.path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                preexec_fn=die_with_parent)
         process = self.process
         ready = wait_for(lambda: str(self.path) in mountpoints() or process.poll() is not None,
                          MOUNT_TIMEOUT_S)
