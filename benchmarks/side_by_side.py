@@ -231,6 +231,9 @@ def main() -> int:
     print()
     for note in [*run.notes, *(f"skipped {k}: {v}" for k, v in skipped.items())]:
         print(f"note: {note}")
+    for error in run.errors:
+        print(f"ERROR (repeat {int(error['repeat']) + 1}) {error['workload']} on {error['system']}: "
+              f"{error['error']}")
     peaks = ", ".join(f"{s.name} {s.peak_hwm_kib / 1024:.0f} MiB" for s in run.systems if s.peak_hwm_kib)
     print(f"daemon peak RSS over the whole run: {peaks}")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
