@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
                         help="where the systems' folders go (the backing disk); default /var/tmp")
     parser.add_argument("--json", type=Path, help="result file (default benchmarks/results/…json)")
     parser.add_argument("--chunk-size", type=int, default=65536, help="encfs-pacs chunk size")
+    parser.add_argument("--read-ahead-kb", type=int,
+                        help="experiment: set every FUSE mount's readahead (sysfs) after mounting")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, audit logs)")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -126,9 +128,9 @@ class Run:
         for spec in self.specs:
             system = systems.make_system(spec, self.workdir, secret, placeholders, self.args.chunk_size)
             self.systems.append(system)
+            system.set_read_ahead_kb = self.args.read_ahead_kb
             system.setup()
             system.mount()
-            system.read_ahead_kb = systems.read_ahead_kb(system.path)
 
     def add_orthanc(self) -> None:
         reason = orthanc.skip_reason()
@@ -188,6 +190,7 @@ class Run:
             "page_cache_dropped": self.caches_dropped,
             "sizes": dataclasses.asdict(self.sizes),
             "chunk_size": self.args.chunk_size,
+            "read_ahead_kb_set": self.args.read_ahead_kb,
             "machine": self.machine,
             "systems": {s.name: {"description": s.spec.description, "kind": s.spec.kind,
                                  "mount_flags": list(s.spec.mount_flags), "mounts": s.mounts,

@@ -104,6 +104,11 @@ def read_ahead_kb(path: Path) -> int | None:
         return None
 
 
+def set_read_ahead_kb(path: Path, kib: int) -> None:
+    device = os.stat(path).st_dev
+    Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb").write_text(f"{kib}\n")
+
+
 def force_unmount(mountpoint: Path) -> None:
     """Last resort: lazy unmount, so no mount is left behind whatever happened."""
     if str(mountpoint) in mountpoints():
@@ -191,7 +196,8 @@ class System:
         self.placeholders = placeholders
         self.path = root / "mnt"
         self.daemon_pid: int | None = None
-        self.read_ahead_kb: int | None = None
+        self.read_ahead_kb: int | None = None  # as found after the last mount
+        self.set_read_ahead_kb: int | None = None  # an experiment: set it after every mount
         self.peak_hwm_kib = 0
         self.mounts = 0
 
@@ -204,6 +210,13 @@ class System:
 
     def mount(self) -> None:
         self.mounts += 1
+        self._mount()
+        if self.spec.kind != "raw" and self.set_read_ahead_kb is not None:
+            set_read_ahead_kb(self.path, self.set_read_ahead_kb)
+        self.read_ahead_kb = read_ahead_kb(self.path)
+
+    def _mount(self) -> None:
+        pass
 
     def unmount(self) -> None:
         pass
@@ -257,8 +270,7 @@ class GocryptfsSystem(System):
         subprocess.run(["gocryptfs", "-init", "-q", "-scryptn", "10", "-passfile", str(self.secret_file),
                         str(self.cipher)], check=True, capture_output=True)
 
-    def mount(self) -> None:
-        super().mount()
+    def _mount(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 ["gocryptfs", "-fg", "-q", "-passfile", str(self.secret_file), str(self.cipher),
@@ -304,8 +316,7 @@ class EncfsPacsSystem(System):
     def mount_flags(self) -> list[str]:
         return [flag.format(**self.placeholders) for flag in self.spec.mount_flags]
 
-    def mount(self) -> None:
-        super().mount()
+    def _mount(self) -> None:
         result = subprocess.run(
             [self.command, "mount", str(self.backing), str(self.path), "--passphrase-file",
              str(self.secret_file), "--log-file", str(self.log), *self.mount_flags()],
