@@ -162,20 +162,18 @@ class Checker:
             return
         cs = self.volume.layout.chunk_size
         lost = [(i * cs, min((i + 1) * cs, report.plain_size)) for i in report.bad_chunks]
+        cut = (f"the file ends after chunk {report.cut_after}, which is not its final chunk: "
+               "it was cut, later chunks are missing") if report.cut_after is not None else None
         if report.header_problem:
             kind, detail = "malformed-header", report.header_problem + ": no byte of it can be read"
-        elif report.cut_after is not None:
-            kind, detail = "truncated", (
-                f"the file ends after chunk {report.cut_after}, which is not its final chunk: "
-                "it was cut, later chunks are missing")
         elif report.length_problem:
-            kind, detail = "impossible-length", report.length_problem
+            kind, detail = "impossible-length", report.length_problem + (f"; {cut}" if cut else "")
+        elif cut:
+            kind, detail = "truncated", cut
         else:
             kind, detail = "authentication", (
                 f"{len(report.bad_chunks)} of {report.chunk_count} chunk(s) fail authentication "
                 "(altered, or moved from another position or file)")
-        if report.length_problem and kind != "impossible-length":
-            detail += f"; also: {report.length_problem}"
         self.result.damaged.append(Finding(rel, kind, detail, report.bad_chunks, lost))
 
 

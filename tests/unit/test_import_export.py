@@ -65,7 +65,8 @@ class Recorder:
         self.finished = True
 
 
-def test_round_trip_keeps_tree_content_and_metadata(volume: store.Volume, plain: Path, tmp_path: Path) -> None:
+def test_round_trip_keeps_tree_content_and_metadata(volume: store.Volume, plain: Path,
+                                                    tmp_path: Path) -> None:
     before = sample_tree.snapshot(plain)
     progress = Recorder()
     summary = importer.import_tree(plain, volume, progress=progress)
@@ -93,7 +94,8 @@ def test_round_trip_keeps_tree_content_and_metadata(volume: store.Volume, plain:
     summary = exporter.export_volume(volume, dest)
     assert summary.ok, summary.as_dict()
     assert sample_tree.snapshot(dest) == before
-    assert (dest / "hardlink.dcm").stat().st_ino == (dest / "studies/1.2.840.1/series-1/IM0001.dcm").stat().st_ino
+    linked = dest / "studies/1.2.840.1/series-1/IM0001.dcm"
+    assert (dest / "hardlink.dcm").stat().st_ino == linked.stat().st_ino
 
 
 def test_rerun_skips_finished_files_without_rewriting_them(volume: store.Volume, plain: Path) -> None:
@@ -220,7 +222,8 @@ def test_source_changing_during_read_is_not_imported(volume: store.Volume, plain
     assert visible_files(volume)["two-chunks-plus-one.bin"] == target.read_bytes()
 
 
-def test_disk_full_stops_and_resumes(volume: store.Volume, plain: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_stops_and_resumes(volume: store.Volume, plain: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     real, written = codec.write_all, {"n": 0}
 
     def full_after_a_while(fd: int, data: bytes) -> None:
