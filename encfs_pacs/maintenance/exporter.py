@@ -1,8 +1,8 @@
 """Decrypt a whole volume into a plain folder: the exit strategy (or a migration).
 
 Mirror image of the import, with the same crash safety: each file is decrypted into
-DEST/.encfs-pacs-export-staging/, fsynced, read back and compared (SHA-256) with what was
-decrypted, given the stored owner, mode and times, and renamed into place. A file that
+DEST/.encfs-pacs-export-staging/, given the stored owner, mode and times, fsynced, read back
+and compared (SHA-256) with what was decrypted, and renamed into place. A file that
 fails authentication is not written at all (the failure names the chunk); everything else
 is. ``--resume`` skips files already exported (same size and modification time).
 The volume is only read: export works on a read-only backup copy of a volume.
@@ -25,14 +25,15 @@ from .locking import maintenance_lock
 from .progress import NoProgress, Progress
 from .tree import (
     FATAL_ERRNOS,
+    DirSyncer,
     Entry,
     Failure,
     Summary,
     apply_to_fd,
     apply_to_path,
+    create_exclusive,
     describe,
     drop_cache,
-    fsync_dir,
     open_source,
     preserve_owners,
     walk,
@@ -72,6 +73,7 @@ class Exporter:
         self._links: dict[tuple[int, int], Path] = {}
         self._dirs: list[Entry] = []
         self._ticked = 0
+        self._dirsync = DirSyncer()
 
     def run(self, count_first: bool = True) -> Summary:
         self._prepare_dest()
@@ -84,6 +86,7 @@ class Exporter:
                     self._one(entry)
                     if self.summary.stopped:
                         break
+                self._dirsync.sync()
                 self._finish_directories()
             finally:
                 self.progress.finish()
@@ -204,16 +207,15 @@ class Exporter:
         staged = self.staging / f"{os.getpid()}-{next(self._names)}.part"
         src = open_source(self.volume.backing / entry.rel)
         try:
-            dst = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            dst = create_exclusive(staged)
             try:
                 digest, size = hashlib.sha256(), 0
                 for block in codec.open_chunks(self.volume, src, self._tick):
                     codec.write_all(dst, block)
                     digest.update(block)
                     size += len(block)
-                self._verify(dst, size, digest.hexdigest())
                 apply_to_fd(dst, entry.st, self.owners)
-                os.fsync(dst)
+                self._verify(dst, size, digest.hexdigest())
             finally:
                 os.close(dst)
             os.rename(staged, target)
@@ -223,7 +225,7 @@ class Exporter:
             raise
         finally:
             os.close(src)
-        fsync_dir(target.parent)
+        self._dirsync.changed(target.parent)
         self.summary.files_done += 1
         self.summary.bytes_done += size
 

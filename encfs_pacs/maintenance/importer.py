@@ -3,9 +3,10 @@
 Crash safety comes from the order of steps for each file::
 
     encrypt into .encfs-pacs/import-staging/<n>.part   (invisible through the mount)
-    fsync, drop it from the page cache, decrypt it again and compare SHA-256 with the source
-    owner, mode, times on the staged file; fsync
-    rename into place; fsync the folder               (the file appears whole, or not at all)
+    owner, mode, times of the source on the staged file; fsync
+    drop it from the page cache, decrypt it again and compare SHA-256 with the source
+    rename into place                                  (the file appears whole, or not at all)
+    fsync the folder (once per folder: tree.DirSyncer; always before deleting a source)
     only then, with --remove-source: unlink the source if it is still the version imported
 
 So a file present under its name in the volume is complete, verified, and carries the
@@ -32,15 +33,16 @@ from .locking import maintenance_lock
 from .progress import NoProgress, Progress
 from .tree import (
     FATAL_ERRNOS,
+    DirSyncer,
     Entry,
     Failure,
     Summary,
     apply_to_fd,
     apply_to_path,
     count,
+    create_exclusive,
     describe,
     drop_cache,
-    fsync_dir,
     open_source,
     preserve_owners,
     same_version,
@@ -87,6 +89,7 @@ class Importer:
         self._links: dict[tuple[int, int], str] = {}  # source inode -> volume path of its copy
         self._dirs: list[Entry] = []
         self._ticked = 0  # plaintext bytes of the current file already shown as progress
+        self._dirsync = DirSyncer()
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -102,6 +105,7 @@ class Importer:
                     self._one(entry)
                     if self.summary.stopped:
                         break
+                self._dirsync.sync()
                 self._finish_directories()
             finally:
                 self.progress.finish()
@@ -165,6 +169,7 @@ class Importer:
         except FileNotFoundError:
             # 0700 while we fill it; its own mode comes last (a 0555 folder would refuse files)
             self.volume.mkdir(entry.mount_path, 0o700)
+            self._dirsync.changed(os.path.dirname(target))
         else:
             if not stat.S_ISDIR(existing.st_mode):
                 raise FileExistsError(errno.EEXIST, "exists in the volume and is not a folder")
@@ -193,6 +198,7 @@ class Importer:
         except FileNotFoundError:
             self.volume.symlink(entry.mount_path, link_target)
             apply_to_path(path, entry.st, self.owners)
+            self._dirsync.changed(os.path.dirname(path))
             self._count_owner(entry)
         else:
             if not stat.S_ISLNK(existing.st_mode) or os.readlink(path) != link_target:
@@ -219,6 +225,7 @@ class Importer:
         first = self._links.get(inode) if entry.st.st_nlink > 1 else None
         if first is not None and existing is None:
             self.volume.link(entry.mount_path, first)
+            self._dirsync.changed(os.path.dirname(target))
             self.summary.hard_links += 1
             if self.remove_source:
                 self._remove_source(entry)
@@ -274,7 +281,7 @@ class Importer:
         src = open_source(self.source / entry.rel)
         try:
             before = os.fstat(src)
-            dst = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            dst = create_exclusive(staged)
             try:
                 def tick(n: int) -> None:
                     self._ticked += n
@@ -285,9 +292,8 @@ class Importer:
                 if not same_version(before, after) or size != after.st_size:
                     raise SourceChanged("changed while it was read (still being written?); not imported, "
                                         "run the import again later")
-                self._verify(dst, size, digest)
                 apply_to_fd(dst, before, self.owners)  # the version read, even if not the one listed
-                os.fsync(dst)
+                self._verify(dst, size, digest)
             finally:
                 os.close(dst)
             os.rename(staged, target)
@@ -297,7 +303,7 @@ class Importer:
             raise
         finally:
             os.close(src)
-        fsync_dir(os.path.dirname(target))
+        self._dirsync.changed(os.path.dirname(target))
         self.summary.files_done += 1
         self.summary.bytes_done += size
         self._count_owner(entry)
@@ -318,6 +324,7 @@ class Importer:
         now = os.lstat(path)
         if not same_version(imported or entry.st, now):
             raise SourceChanged("changed after it was imported; source kept")
+        self._dirsync.sync()  # the copy's name must be on disk before the source goes
         os.unlink(path)
         self.summary.sources_removed += 1
 
