@@ -19,6 +19,7 @@ import click
 
 from .. import store
 from ..crypto import keys
+from ..crypto.recovery_key import Share
 from ..crypto.volume_config import KDF_KEYFILE
 from ..errors import (
     EncfsPacsError,
@@ -217,13 +218,18 @@ def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Pa
     threshold = shares if threshold is None else threshold
     config, made, event = rekey.create_recovery_key(backing, old, shares, threshold)
     audit_event(event)
-    kid = config.key_id.hex()
-    click.echo(f"# encfs-pacs RECOVERY KEY for volume {kid}")
+    echo_recovery_key(backing, config.key_id, made, threshold)
+
+
+def echo_recovery_key(backing: Path, key_id: bytes, made: list[Share], threshold: int) -> None:
+    """Print shares with the safe-keeping warning; the whole output is a --recovery-key-file.
+    (For 'init --print-recovery-key': rekey.create_recovery_key after create_volume, then this.)"""
+    click.echo(f"# encfs-pacs RECOVERY KEY for volume {key_id.hex()}")
     click.echo(f"# folder {backing.absolute()}")
-    if shares == 1:
+    if len(made) == 1:
         click.echo("# This line IS the volume's master key. Anyone who has it can decrypt every image.")
     else:
-        click.echo(f"# {shares} shares; any {threshold} of them together are the volume's master key.")
+        click.echo(f"# {len(made)} shares; any {threshold} of them together are the volume's master key.")
         click.echo(f"# Give each share to a different key holder. Fewer than {threshold} reveal nothing.")
     click.echo("# KEEP IT IN A SAFE. Do not store it on this server, in e-mail or next to backups.")
     click.echo("# Test it now: encfs-pacs recovery-key check BACKING --recovery-key-file FILE")
@@ -378,29 +384,41 @@ def _print_fsck(result: fsck_mod.FsckResult) -> None:
 @keyfile_option
 @recovery_key_file_option
 @click.option("--json", "json_output", is_flag=True, help="Print the report as JSON.")
+@click.option("--quarantine", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="MOVE each damaged file out of the volume into DIR (ciphertext kept, with a report "
+                   "of the lost chunks), so the PACS sees it missing instead of read errors.")
 def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                 recovery_key_file: Path | None, json_output: bool) -> None:
+                 recovery_key_file: Path | None, json_output: bool, quarantine: Path | None) -> None:
     """Read and authenticate every chunk of every file in BACKING; change nothing.
 
     Exit 0: every file is intact (leftovers such as staging files of an interrupted import
     are listed but do not count as damage). Exit 26: damaged files, each listed with the
-    chunks (and plaintext bytes) that fail. Works on a read-only copy of a volume.
+    chunks (and plaintext bytes) that fail. Without --quarantine nothing is changed, so it
+    also works on a read-only copy of a volume.
 
     \b
     Example:
       encfs-pacs fsck /srv/pacs-encrypted --passphrase-file /root/pacs.pass --json
     """
     volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
-    result = fsck_mod.fsck(volume, progress_for("checking", json_output))
+    progress = progress_for("checking", json_output)
+    moved: list[str] = []
+    if quarantine is None:
+        result = fsck_mod.fsck(volume, progress)
+    else:
+        result, moved = fsck_mod.fsck_and_quarantine(volume, quarantine, progress)
     if json_output:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        click.echo(json.dumps({**result.as_dict(), "quarantined": moved}, indent=2))
     else:
         _print_fsck(result)
+        for path in moved:
+            click.echo(f"MOVED     {path} -> {quarantine / path}")
     audit_event(make_event("volume-checked", outcome="clean" if result.clean else "damaged",
                            backing=str(backing.absolute()), damaged=len(result.damaged),
-                           leftovers=len(result.leftovers)))
+                           leftovers=len(result.leftovers), quarantined=moved))
     if not result.clean:
-        raise VolumeDamaged(f"{len(result.damaged)} damaged file(s) in {backing} (listed above)")
+        where = f"; {len(moved)} moved to {quarantine}" if moved else ""
+        raise VolumeDamaged(f"{len(result.damaged)} damaged file(s) in {backing} (listed above){where}")
 
 
 COMMANDS = (passwd, recovery_key_group, import_command, export_command, fsck_command)

@@ -13,15 +13,24 @@ owns each one does (the next import, the next mount), or the admin after reading
 
 Nothing is written: files are opened read-only (without updating access times where the
 kernel allows), and the maintenance lock is taken shared only if its file already exists.
+The one exception is asked for explicitly: :func:`quarantine` (``fsck --quarantine DIR``)
+moves each damaged file's ciphertext out of the volume into DIR, with a report of the chunks
+it lost, so the PACS sees a missing file instead of read errors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..errors import UsageError
 from ..store import CONFIG_FILE, FUSE_HIDDEN_PREFIX, META_DIR, ORPHANS_DIR, Volume
 from . import codec
 from .exporter import count_volume
@@ -82,9 +91,12 @@ class Checker:
         self.progress = progress or NoProgress()
         self.result = FsckResult(str(volume.backing), volume.config.key_id.hex())
 
-    def run(self, count_first: bool = True) -> FsckResult:
+    def run(self, count_first: bool = True, locked: bool = False) -> FsckResult:
+        """``locked``: the caller already holds the maintenance lock."""
         started = time.monotonic()
-        with maintenance_lock(self.volume.backing, exclusive=False, what="fsck"):
+        lock = contextlib.nullcontext() if locked else maintenance_lock(
+            self.volume.backing, exclusive=False, what="fsck")
+        with lock:
             if count_first:
                 self.progress.start(*count_volume(self.volume))
             try:
@@ -180,4 +192,64 @@ class Checker:
 def fsck(volume: Volume, progress: Progress | None = None, count_first: bool = True) -> FsckResult:
     """Check every file of ``volume``; never modifies it."""
     return Checker(volume, progress).run(count_first=count_first)
+
+
+QUARANTINE_REPORT = "quarantine-report.jsonl"
+_MOVABLE = frozenset({"authentication", "truncated", "impossible-length", "malformed-header"})
+
+
+def fsck_and_quarantine(volume: Volume, dest: Path, progress: Progress | None = None
+                        ) -> tuple[FsckResult, list[str]]:
+    """fsck, then move every damaged file out of the volume into ``dest`` (see quarantine)."""
+    check_quarantine_dir(volume, dest)
+    with maintenance_lock(volume.backing, exclusive=True, what="fsck --quarantine"):
+        result = Checker(volume, progress).run(locked=True)
+        return result, quarantine(volume, result, dest)
+
+
+def check_quarantine_dir(volume: Volume, dest: Path) -> None:
+    backing, target = os.path.realpath(volume.backing), os.path.realpath(dest)
+    if target == backing or target.startswith(backing.rstrip("/") + "/"):
+        raise UsageError(f"the quarantine folder {dest} must be outside the volume")
+    if not dest.parent.is_dir():
+        raise UsageError(f"cannot create {dest}: its parent folder does not exist")
+
+
+def quarantine(volume: Volume, result: FsckResult, dest: Path) -> list[str]:
+    """Move damaged files (their ciphertext, as found) to ``dest``/<same path>, and append a
+    JSON line per file to ``dest``/quarantine-report.jsonl: what failed and which plaintext
+    byte ranges are lost. The ciphertext is kept, not deleted: a backup of the same file, or
+    a later tool, may still recover the chunks that authenticate."""
+    dest.mkdir(mode=0o700, exist_ok=True)
+    moved = []
+    with open(dest / QUARANTINE_REPORT, "a", encoding="utf-8") as report:
+        for finding in result.damaged:
+            if finding.kind not in _MOVABLE:
+                continue
+            target = _free_name(dest / finding.path)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            source = volume.backing / finding.path
+            try:
+                os.rename(source, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:  # another file system: copy, sync, then delete
+                    raise
+                shutil.copy2(source, target)
+                with open(target, "rb") as copied:
+                    os.fsync(copied.fileno())
+                os.unlink(source)
+            report.write(json.dumps({**finding.as_dict(), "moved_to": str(target), "key_id": result.key_id,
+                                     "chunk_size": volume.layout.chunk_size}) + "\n")
+            report.flush()
+            os.fsync(report.fileno())
+            moved.append(finding.path)
+    return moved
+
+
+def _free_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while os.path.lexists(candidate):
+        candidate = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return candidate
 

@@ -192,3 +192,32 @@ def test_fixture_volumes_are_clean(name: str, tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / name, copy, symlinks=True)
     result = fsck.fsck(store.unlock(copy, VOLUMES[name][0]()))
     assert result.clean and not result.leftovers and result.files_checked == 8
+
+
+def test_quarantine_moves_damaged_files_only_when_asked(volume: store.Volume, tmp_path: Path) -> None:
+    edit(stored(volume, "a.bin"), lambda d: d.__setitem__(volume.layout.chunk_offset(4) + 50, 0))
+    os.truncate(stored(volume, "exact.bin"), volume.layout.chunk_offset(1))
+    damaged_a = stored(volume, "a.bin").read_bytes()
+    dest = tmp_path / "quarantine"
+    result, moved = fsck.fsck_and_quarantine(volume, dest)
+    assert not result.clean and sorted(moved) == ["a.bin", "exact.bin"]
+    assert not stored(volume, "a.bin").exists() and not stored(volume, "exact.bin").exists()
+    assert (dest / "a.bin").read_bytes() == damaged_a  # ciphertext kept as found
+    lines = [json.loads(line) for line in (dest / fsck.QUARANTINE_REPORT).read_text().splitlines()]
+    by_path = {line["path"]: line for line in lines}
+    assert by_path["a.bin"]["bad_chunks"] == [4] and by_path["a.bin"]["lost_bytes"] == [[4 * CS, 5 * CS]]
+    assert by_path["exact.bin"]["kind"] == "truncated"
+    after = fsck.fsck(volume)
+    assert after.clean and after.files_checked == 3
+    # a second damaged file of the same name does not overwrite the first in quarantine
+    edit(stored(volume, "b.bin"), lambda d: d.__setitem__(30, d[30] ^ 1))
+    os.rename(stored(volume, "b.bin"), stored(volume, "a.bin"))
+    _, moved = fsck.fsck_and_quarantine(volume, dest)
+    assert moved == ["a.bin"] and (dest / "a.bin.1").exists() and (dest / "a.bin").read_bytes() == damaged_a
+
+
+def test_quarantine_folder_must_be_outside_the_volume(volume: store.Volume) -> None:
+    from encfs_pacs.errors import UsageError
+
+    with pytest.raises(UsageError, match="outside the volume"):
+        fsck.fsck_and_quarantine(volume, volume.backing / "q")
