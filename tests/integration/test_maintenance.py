@@ -382,6 +382,12 @@ def test_fsck_and_export_exit_codes(volume: Path, passphrase_file: Path, tmp_pat
     exported = run_cli("export", volume, dest, "--passphrase-file", passphrase_file, check=False)
     assert exported.returncode == 25 and "chunk 1 failed authentication" in exported.stdout
     assert not (dest / "two-chunks-plus-one.bin").exists()
+    # only --quarantine changes the volume: the damaged file moves out, the rest is clean
+    moved = run_cli("fsck", volume, "--passphrase-file", passphrase_file, "--quarantine",
+                    tmp_path / "quarantine", check=False)
+    assert moved.returncode == 26 and "MOVED     two-chunks-plus-one.bin" in moved.stdout
+    assert (tmp_path / "quarantine" / "two-chunks-plus-one.bin").read_bytes() == bytes(data)
+    assert run_cli("fsck", volume, "--passphrase-file", passphrase_file).returncode == 0
 
 
 def test_staging_dir_name_matches_the_importer() -> None:
