@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import VolumeBusy
+from ..errors import UsageError, VolumeBusy
 from ..store import META_DIR
 
 LOCK_FILE = "maintenance.lock"
@@ -36,6 +36,11 @@ def maintenance_lock(backing: Path, exclusive: bool, what: str) -> Iterator[None
             raise
         yield  # no lock file: no exclusive command has ever run, and we must not create one
         return
+    except OSError as exc:
+        if not exclusive:
+            raise
+        raise UsageError(f"{what} must write to the volume, but cannot create {path}: {exc.strerror} "
+                         "(a read-only copy can only be checked or exported)") from None
     try:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

@@ -393,3 +393,30 @@ def test_fsck_and_export_exit_codes(volume: Path, passphrase_file: Path, tmp_pat
 def test_staging_dir_name_matches_the_importer() -> None:
     """fsck and docs name .encfs-pacs/import-staging; keep the tests' path in step."""
     assert importer.STAGING_DIR == "import-staging"
+
+
+@pytest.fixture
+def read_only_view(volume: Path, tmp_path: Path) -> Iterator[Path]:
+    """The volume seen through a read-only bind mount, as a backup copy on read-only media."""
+    view = tmp_path / "read-only"
+    view.mkdir()
+    done = subprocess.run(["mount", "--bind", str(volume), str(view)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {done.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        yield view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def test_read_only_copy_can_be_checked_and_exported(volume: Path, passphrase_file: Path, tmp_path: Path,
+                                                    read_only_view: Path) -> None:
+    plain = sample_tree.build(tmp_path / "plain", extras=False)
+    run_cli("import", plain, volume, "--passphrase-file", passphrase_file)  # leaves the lock file
+    assert run_cli("fsck", read_only_view, "--passphrase-file", passphrase_file).returncode == 0
+    run_cli("export", read_only_view, tmp_path / "out", "--passphrase-file", passphrase_file)
+    assert sample_tree.regular_files(tmp_path / "out") == sample_tree.regular_files(plain)
+    refused = run_cli("import", plain, read_only_view, "--passphrase-file", passphrase_file, check=False)
+    assert refused.returncode == 2 and "Read-only file system" in refused.stderr
+    assert "Traceback" not in refused.stderr
