@@ -130,11 +130,11 @@ class Checker:
                 continue
             if entry in _META_EXPLAINED:
                 self._leftover(rel, _META_EXPLAINED[entry])
-            elif entry == ORPHANS_DIR:
+            elif entry == ORPHANS_DIR and (meta / entry).is_dir():
                 for name in sorted(os.listdir(meta / entry)):
                     self._leftover(f"{rel}/{name}", "a deleted file that was still open when a mount "
                                                     "ended; the next mount deletes it")
-            elif entry == STAGING_DIR:
+            elif entry == STAGING_DIR and (meta / entry).is_dir():
                 for name in sorted(os.listdir(meta / entry)):
                     self._leftover(f"{rel}/{name}", "a half-written copy from an interrupted import; "
                                                     "the next import deletes it")

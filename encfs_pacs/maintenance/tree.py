@@ -55,7 +55,7 @@ def walk(root: Path, on_error: Callable[[str, OSError], None],
     """Every entry under ``root`` (root first), parents before children, names sorted, never
     following symlinks. A folder that cannot be listed is reported and skipped."""
     stack = [""]
-    yield Entry("", os.lstat(root))
+    yield Entry("", os.stat(root))  # the folder given may be reached through a symlink
     while stack:
         rel = stack.pop()
         try:

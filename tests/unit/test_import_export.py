@@ -334,3 +334,10 @@ def test_sha256_of_stored_file_matches_source(volume: store.Volume, plain: Path)
         os.close(fd)
     data = (plain / "samples" / "CT_small.dcm").read_bytes()
     assert (size, digest) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_source_given_through_a_symlink(volume: store.Volume, plain: Path, tmp_path: Path) -> None:
+    link = tmp_path / "archive-link"
+    os.symlink(plain, link)
+    summary = importer.import_tree(link, volume)
+    assert summary.ok and visible_files(volume) == sample_tree.regular_files(plain)
