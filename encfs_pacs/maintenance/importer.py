@@ -101,7 +101,7 @@ class Importer:
             if count_first:
                 self.progress.start(*count(self.source))
             try:
-                for entry in walk(self.source, self._walk_error):
+                for entry in walk(self.source, self._walk_error, self._skip_reserved):
                     self._one(entry)
                     if self.summary.stopped:
                         break
@@ -124,11 +124,14 @@ class Importer:
     def _walk_error(self, rel: str, exc: OSError) -> None:
         self.summary.failed.append(Failure(rel, f"cannot read: {describe(exc)}"))
 
-    def _one(self, entry: Entry) -> None:
-        reserved = self._reserved(entry.rel)
+    def _skip_reserved(self, rel: str) -> bool:
+        """Reserved names fail once, and the walk does not descend into them."""
+        reserved = self._reserved(rel)
         if reserved:
-            self.summary.failed.append(Failure(entry.rel, reserved))
-            return
+            self.summary.failed.append(Failure(rel, reserved))
+        return reserved is not None
+
+    def _one(self, entry: Entry) -> None:
         try:
             handler = {"directory": self._directory, "file": self._file, "symlink": self._symlink,
                        "fifo": self._fifo}.get(entry.kind)

@@ -246,6 +246,7 @@ def test_special_and_reserved_entries(volume: store.Volume, tmp_path: Path) -> N
     plain = tmp_path / "odd"
     plain.mkdir()
     (plain / ".encfs-pacs").mkdir()
+    (plain / ".encfs-pacs" / "volume.json").write_text("{}")  # reported once, not descended into
     (plain / "sub").mkdir()
     (plain / "sub" / ".encfs-pacs").write_bytes(b"an ordinary name below the top")
     (plain / ".fuse_hidden0001").write_bytes(b"x")
