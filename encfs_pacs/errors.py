@@ -100,3 +100,36 @@ class AccessDenied(EncfsPacsError):
 
     exit_code = 22
     errno = errno.EACCES
+
+
+# Maintenance commands (import, export, fsck, passwd, recovery-key): exit codes 25-29.
+
+
+class TransferIncomplete(EncfsPacsError):
+    """import/export copied what it could; some files failed (listed). Rerun to resume."""
+
+    exit_code = 25
+
+
+class VolumeDamaged(EncfsPacsError):
+    """fsck found files whose stored bytes fail authentication or cannot be a valid file."""
+
+    exit_code = 26
+
+
+class RecoveryKeyError(EncfsPacsError):
+    """A recovery key or share is mistyped, damaged, from another volume or set, or too few."""
+
+    exit_code = 27
+
+
+class DestinationNotEmpty(EncfsPacsError):
+    """export into a folder that already holds files (and --resume was not given)."""
+
+    exit_code = 28
+
+
+class VolumeBusy(EncfsPacsError):
+    """Another maintenance command (import, passwd...) holds the volume's maintenance lock."""
+
+    exit_code = 29

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hmac
 import json
 import os
 import stat
@@ -35,6 +36,7 @@ from .errors import (
     NotAVolume,
     ReservedName,
     UsageError,
+    WrongPassphrase,
 )
 
 META_DIR = ".encfs-pacs"  # at the backing root; hidden from and unreachable through the mount
@@ -166,6 +168,57 @@ def unlock(backing: Path, secret: Secret) -> Volume:
         config.wrap_associated_data(), config.key_id,
     )
     return Volume(backing, config, master)
+
+
+def read_master_key(backing: Path, secret: Secret) -> tuple[VolumeConfig, bytes]:
+    """The volume's config and unwrapped master key (for passwd and recovery-key creation)."""
+    config = read_config(backing)
+    master = keys.unwrap_master_key(
+        config.wrap_nonce, config.wrapped_key, _wrapping_key(secret, config),
+        config.wrap_associated_data(), config.key_id,
+    )
+    return config, master
+
+
+def unlock_with_master_key(backing: Path, master_key: bytes) -> Volume:
+    """Open a volume with its master key itself (from a recovery key), not a wrapping secret."""
+    config = read_config(backing)
+    if not hmac.compare_digest(keys.key_id(master_key), config.key_id):
+        raise WrongPassphrase("cannot unlock the volume: this key does not match the volume's key ID")
+    return Volume(backing, config, master_key)
+
+
+def rewrap_master_key(backing: Path, master_key: bytes, new_secret: Secret,
+                      scrypt_log_n: int = keys.DEFAULT_SCRYPT_LOG_N) -> VolumeConfig:
+    """Seal the master key under ``new_secret`` (fresh salt and nonce) and replace the config
+    atomically: after a crash at any point either the old or the new secret unlocks the volume.
+
+    Nothing but the KDF and the wrapped key changes: the key ID, chunk size, features and
+    informational fields stay, so no file is re-encrypted. The new document is checked to
+    unlock with ``new_secret`` before it replaces the old one, and again after."""
+    old = read_config(backing)
+    if not hmac.compare_digest(keys.key_id(master_key), old.key_id):
+        raise WrongPassphrase("cannot change the key: the master key does not match this volume")
+    if not keys.MIN_SCRYPT_LOG_N <= scrypt_log_n <= 24:
+        raise UsageError(f"scrypt cost 2^{scrypt_log_n} is outside 2^{keys.MIN_SCRYPT_LOG_N}..2^24")
+    if new_secret.kind == "passphrase":
+        scrypt, kdf = keys.ScryptParams.fresh(scrypt_log_n), KDF_SCRYPT
+    else:
+        scrypt, kdf = None, KDF_KEYFILE
+    draft = VolumeConfig(**{**old.__dict__, "kdf": kdf, "scrypt": scrypt})
+    nonce, sealed = keys.wrap_master_key(master_key, _wrapping_key(new_secret, draft),
+                                         draft.wrap_associated_data())
+    new = VolumeConfig(**{**draft.__dict__, "wrap_nonce": nonce, "wrapped_key": sealed})
+    document = new.to_json()
+    _check_unlocks(volume_config.parse(document), new_secret)  # never write a config we cannot open
+    _write_file_atomically(config_path(backing), document)
+    _check_unlocks(read_config(backing), new_secret)
+    return new
+
+
+def _check_unlocks(config: VolumeConfig, secret: Secret) -> None:
+    keys.unwrap_master_key(config.wrap_nonce, config.wrapped_key, _wrapping_key(secret, config),
+                           config.wrap_associated_data(), config.key_id)
 
 
 # ---------------------------------------------------------------------------- open files

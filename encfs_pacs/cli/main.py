@@ -23,14 +23,15 @@ def cli() -> None:
     \b
     Operator:  init, mount, unmount, demo
     Admin:     allow (add, grant, list, remove, check), policy (validate, suggest, simulate)
+    Maintenance: import, export, fsck, passwd, recovery-key (create, check)
     """
 
 
 def _register_commands() -> None:
-    from . import allow, demo, policy, volume
+    from . import allow, demo, maintenance, policy, volume
 
     for command in (volume.init, volume.mount, volume.unmount, demo.demo, allow.allow,
-                    policy.policy_group):
+                    policy.policy_group, *maintenance.COMMANDS):
         cli.add_command(command)
 
 
