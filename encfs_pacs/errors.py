@@ -100,3 +100,21 @@ class AccessDenied(EncfsPacsError):
 
     exit_code = 22
     errno = errno.EACCES
+
+
+class AuditUnavailable(EncfsPacsError):
+    """The audit log cannot be written: fail closed (the operation is refused with EACCES).
+
+    The message says why (disk full, read-only, removed, key store missing…) and what to do.
+    """
+
+    exit_code = 23
+    errno = errno.EACCES
+
+
+class AuditTampered(EncfsPacsError):
+    """An audit log failed verification: edited, truncated, reordered, unsealed, foreign or
+    incomplete. The message names the first bad record (file, line, seq)."""
+
+    exit_code = 24
+    errno = errno.EIO
