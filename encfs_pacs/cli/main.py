@@ -27,11 +27,12 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from . import allow, demo, policy, volume
+    from . import allow, audit, demo, policy, volume
 
     for command in (volume.init, volume.mount, volume.unmount, demo.demo, allow.allow,
                     policy.policy_group):
         cli.add_command(command)
+    cli.add_command(audit.audit_group)
 
 
 _register_commands()
