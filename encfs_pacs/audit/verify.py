@@ -595,6 +595,20 @@ def _check_continuation(state: ChainState, group: _Group, done: dict[str, ChainS
         raise _Bad(Problem(FOREIGN, "this chain and the one it continues have different anchors", *where))
 
 
+def _check_anchors(files: list[LogFile], anchor: bytes | None) -> None:
+    """Every file names its trail's anchor in its first record: a foreign file shows at once."""
+    expected = anchor.hex() if anchor is not None else None
+    for file in files:
+        declared = (file.first or {}).get("audit", {}).get("anchor")
+        if expected is None:
+            expected = declared
+        elif declared != expected:
+            whose = "the given anchor" if anchor is not None else f"the anchor of {files[0].name}"
+            raise _Bad(Problem(FOREIGN, f"this file belongs to another audit trail: its anchor is "
+                               f"{declared}, not {whose} ({expected}): another volume's log, or forged",
+                               file.name, 1, (file.first or {}).get("seq")))
+
+
 def _summary(state: ChainState) -> ChainSummary:
     seal = state.last_seal
     ended = "stop" if state.last_content_type == STOP else (
@@ -616,11 +630,9 @@ def verify(paths: list[Path], anchor: bytes | None = None, live: bool = False) -
         return report
     done: dict[str, ChainState] = {}
     try:
-        groups = _group(_first_records(paths))
-        declared = {bytes.fromhex(str(g.files[0].first["audit"].get("anchor"))) for g in groups
-                    if g.files[0].first}
-        if anchor is None and len(declared) > 1:
-            raise _Bad(Problem(FOREIGN, "the files belong to different audit trails (different anchors)"))
+        files = _first_records(paths)
+        _check_anchors(files, anchor)
+        groups = _group(files)
         continued = {str(g.continues.get("chain")) for g in groups if isinstance(g.continues, dict)}
         for group in groups:
             state = _verify_group(group, anchor, live and group.chain not in continued, done, report)
