@@ -77,13 +77,17 @@ def check_payload(payload: Any) -> dict[str, Any]:
 
 
 def _copy(value: Any, where: str) -> Any:
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, str):
+        _check_text(value, where)
+        return value
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"audit {where}: member name {key!r} is not a string")
+            _check_text(key, where)
             out[key] = _copy(item, f"{where}.{key}")
         return out
     if isinstance(value, (list, tuple)):
@@ -92,6 +96,15 @@ def _copy(value: Any, where: str) -> Any:
         raise TypeError(f"audit {where} is a float ({value!r}): floats are not allowed in records "
                         "(their canonical form is ambiguous); use an integer or a string")
     raise TypeError(f"audit {where} is a {type(value).__name__}, which JSON cannot hold")
+
+
+def _check_text(value: str, where: str) -> None:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"audit {where} holds text that is not valid Unicode (undecodable bytes "
+                             "in a file name?): pass it through encfs_pacs.audit.text()") from None
 
 
 class NotCanonical(ValueError):

@@ -83,7 +83,7 @@ class _Hooks:
     new_chain_id: Callable[[], str] = lambda: uuid.uuid4().hex
 
 
-def _explain(exc: OSError, path: Path) -> str:
+def _explain(exc: OSError, path: Path, fail_open: bool = False) -> str:
     """Why the log cannot be written and what to do, for the admin reading the error."""
     reasons = {
         errno.ENOSPC: "the disk holding it is full: free space",
@@ -95,6 +95,9 @@ def _explain(exc: OSError, path: Path) -> str:
         errno.EFBIG: "the file is too large for this file system or process limit: rotate the log",
     }
     why = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    if fail_open:
+        return (f"the audit log {path} cannot be written ({why}); serving continues (--audit-fail-open) "
+                "and records are kept in memory until it can be")
     return (f"the audit log {path} cannot be written ({why}); file operations are refused until it can "
             "be (fail-closed; mount with --audit-fail-open to keep serving without a complete log)")
 
@@ -448,7 +451,7 @@ class AuditLog:
                 "detail": "; ".join(parts), "lost": lost, "time": stamp.time, "mono_ns": stamp.mono_ns}
 
     def _failed(self, exc: OSError, unchained: list[dict[str, Any]]) -> None:
-        error = AuditUnavailable(_explain(exc, self.path))
+        error = AuditUnavailable(_explain(exc, self.path, self.settings.fail_open))
         if self._fsync_broken:
             error = AuditUnavailable(
                 f"fsync of the audit log {self.path} failed ({exc.strerror}): records may not be on disk. "
@@ -668,9 +671,10 @@ def _open(path: Path, backing: Path, master_key: bytes, settings: AuditSettings,
     if store is None:
         if tail is not None:
             raise AuditUnavailable(
-                f"the volume's audit key store {key_store_path(backing)} is missing, but its log {path} "
-                "exists: restore the key store from backup (or move the log aside to start a new trail "
-                "with a new anchor)")
+                f"the audit log {path} already holds a trail (anchor {tail.state.anchor.hex()[:16]}…), but "
+                f"this volume has no audit key store ({key_store_path(backing)} is missing): if the log is "
+                "another volume's, give this volume its own log; if it is this volume's, restore the key "
+                "store from backup (never start a new anchor over an existing trail)")
         store = create_key_store(backing, master_key, hooks.keygen)
         anchor_created = True
         log.warning("created the audit anchor of %s (the volume predates audit support)", backing)
