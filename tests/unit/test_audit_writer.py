@@ -451,8 +451,10 @@ def test_file_put_in_place_of_the_log_is_kept(backing: Path, log_path: Path) -> 
     writer = open_log(log_path, backing)
     writer.flush()
     moved = log_path.with_name("moved")
-    os.rename(log_path, moved)
-    log_path.write_text("someone else's file\n")
+    os.link(log_path, moved)
+    foreign = log_path.with_name("foreign")
+    foreign.write_text("someone else's file\n")
+    os.rename(foreign, log_path)  # atomic: the path never goes missing
     writer.append(payload(1))
     writer.flush()
     writer.close()
