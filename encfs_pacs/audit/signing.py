@@ -72,7 +72,8 @@ class EpochKey:
             raise RuntimeError(f"audit epoch key {self.epoch} was erased")
         nonce = secrets.token_bytes(12)
         sealed = AESGCM(store_key).encrypt(nonce, self._seed, _sealing_aad(anchor, self.epoch, self.public))
-        return {"epoch": self.epoch, "public": self.public.hex(), "nonce": _b64(nonce), "sealed": _b64(sealed)}
+        return {"epoch": self.epoch, "public": self.public.hex(), "nonce": _b64(nonce),
+                "sealed": _b64(sealed)}
 
     def erase(self) -> None:
         if self._seed is not None:

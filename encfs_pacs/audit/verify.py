@@ -275,7 +275,8 @@ class ChainVerifier:
             elif kind == LINK and self.trust_link_start:
                 self._begin_chain(record, file, line, from_link=True)
             elif kind == LINK:
-                raise _Bad(Problem(MISSING_FILE, f"this file continues from {record['audit'].get('prev_file')!r} "
+                previous = record["audit"].get("prev_file")
+                raise _Bad(Problem(MISSING_FILE, f"this file continues from {previous!r} "
                                    f"(records before seq {record['seq']}), which was not given: "
                                    "verify needs every file of the log, oldest first", *where))
             else:
@@ -314,8 +315,9 @@ class ChainVerifier:
             raise _Bad(Problem(APPENDED, "a record follows the rotate seal in the same file: written "
                                "by someone without the key", *where))
         if state.stopped and kind not in (RESUME, LINK):
-            raise _Bad(Problem(APPENDED, f"record after the stop seal (seq {state.last_seal[0] if state.last_seal else '?'}) "
-                               "that is not a resume: appended by someone without the key", *where))
+            stop = state.last_seal[0] if state.last_seal else "?"
+            raise _Bad(Problem(APPENDED, f"record after the stop seal (seq {stop}) that is not a resume: "
+                               "appended by someone without the key", *where))
         # A resume may follow a start/resume whose epoch record was lost in a crash (torn write).
         if state.need_epoch and kind not in (EPOCH, LINK, RESUME):
             raise _Bad(Problem(FORGED, "a start or resume record must be followed by a signed epoch "
@@ -341,7 +343,8 @@ class ChainVerifier:
         return Problem(REORDERED, f"seq goes back from {expected - 1} to {seq}: records duplicated "
                        "or out of order", *where)
 
-    def _begin_chain(self, record: dict[str, Any], file: LogFile, line: _Line, from_link: bool = False) -> None:
+    def _begin_chain(self, record: dict[str, Any], file: LogFile, line: _Line,
+                     from_link: bool = False) -> None:
         where = (file.name, line.number, record["seq"])
         control = _control(record)
         try:
@@ -365,8 +368,9 @@ class ChainVerifier:
         except ValueError as exc:
             raise _Bad(Problem(SYNTAX, f"bad {control.get('type')} record: {exc}", *where)) from None
         if self.expected_anchor is not None and anchor != self.expected_anchor:
-            raise _Bad(Problem(FOREIGN, f"this log belongs to another audit trail: its anchor is {anchor.hex()}, "
-                               f"not {self.expected_anchor.hex()} (another volume, or a forged log)", *where))
+            raise _Bad(Problem(FOREIGN, f"this log belongs to another audit trail: its anchor is "
+                               f"{anchor.hex()}, not {self.expected_anchor.hex()} (another volume, or a "
+                               "forged log)", *where))
         self.state = ChainState(chain=chain, anchor=anchor, epoch=epoch, public=public,
                                 seq=record["seq"], prev=record["prev"], first_seq=record["seq"],
                                 first_time=record["time"], first_epoch=epoch, continues=continues)

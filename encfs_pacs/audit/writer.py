@@ -292,7 +292,9 @@ class AuditLog:
 
     def _next_epoch_ns(self) -> int | None:
         seconds = self.settings.epoch_seconds
-        return None if seconds is None or self._retiring is not None else self._epoch_started_ns + int(seconds * 1e9)
+        if seconds is None or self._retiring is not None:
+            return None
+        return self._epoch_started_ns + int(seconds * 1e9)
 
     def _next_rotation_ns(self) -> int | None:
         seconds = self.settings.rotate_seconds
@@ -542,7 +544,8 @@ class AuditLog:
 def create_linked_file(path: Path, chainer: Chainer, stamp: Stamp, prev_file: str) -> tuple[int, int]:
     """Write ``path``.new with the link record, fsync, rename it over ``path``; return its fd."""
     tmp = path.with_name(path.name + ".new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(tmp, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
         line = chainer.link(stamp, prev_file)
@@ -725,7 +728,8 @@ def _reconcile(store: KeyStore, tail: _Tail, path: Path) -> None:
                 "truncated or rewritten. Keep it as evidence, move it aside and mount again")
     elif head is not None:
         raise AuditUnavailable(f"the audit log {path} holds chain {state.chain}, but this volume's trail "
-                               f"continues in chain {head.get('chain')}: use that log (or move this one aside)")
+                               f"continues in chain {head.get('chain')}: use that log (or move this one "
+                               "aside)")
 
 
 def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, tail: _Tail | None,
@@ -750,7 +754,8 @@ def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, 
         _flock_log(fd, path)
         torn = len(tail.log_file.torn)
         if torn:
-            log.warning("the audit log %s ended with a torn record (%d bytes) from a crash: cut off", path, torn)
+            log.warning("the audit log %s ended with a torn record (%d bytes) from a crash: cut off",
+                        path, torn)
             os.ftruncate(fd, os.fstat(fd).st_size - torn)
         lines.append(_resume(chainer, state, stamp(), torn=torn))
         if os.fstat(fd).st_nlink > 1:

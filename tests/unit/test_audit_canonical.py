@@ -73,7 +73,8 @@ def test_line_layout_and_hash() -> None:
 
 def test_seal_message_excludes_hash_and_sig() -> None:
     record = {"seq": 3, "sig": "ab", "hash": "cd", "audit": {"type": "checkpoint", "epoch": 1}}
-    assert seal_message(record) == b'encfs-pacs audit v1 seal\n{"audit":{"epoch":1,"type":"checkpoint"},"seq":3}'
+    assert seal_message(record) == (b'encfs-pacs audit v1 seal\n'
+                                    b'{"audit":{"epoch":1,"type":"checkpoint"},"seq":3}')
 
 
 json_values = st.recursive(

@@ -41,7 +41,8 @@ def test_hundred_thousand_records(tmp_path: Path, capsys: pytest.CaptureFixture[
     latencies.sort()
     figures = (f"audit: {RECORDS} records, {path.stat().st_size / RECORDS:.0f} bytes each; "
                f"append {RECORDS / (appended - started):,.0f}/s "
-               f"(p50 {latencies[RECORDS // 2] * 1e6:.0f} us, p99 {latencies[RECORDS * 99 // 100] * 1e6:.0f} us, "
+               f"(p50 {latencies[RECORDS // 2] * 1e6:.0f} us, "
+               f"p99 {latencies[RECORDS * 99 // 100] * 1e6:.0f} us, "
                f"max {latencies[-1] * 1e3:.1f} ms); written+fsynced {RECORDS / (written - started):,.0f}/s; "
                f"verify {report.records / (verified - written):,.0f} records/s")
     with capsys.disabled():
