@@ -56,6 +56,7 @@ DEFAULT_COMMIT_INTERVAL = 0.2
 DEFAULT_EPOCH_SECONDS = 3600.0
 DEFAULT_MAX_PENDING = 100_000
 RETRY_INTERVAL = 1.0  # between attempts while the log cannot be written
+REPLACED = "(removed or replaced while in use)"  # prev_file of a link after someone moved the log
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class AuditLog:
         self._retiring: EpochKey | None = None  # old key, erased once its successor is durable
         self._endorsed: dict[str, Any] | None = None  # where the new key was endorsed
         self._rotating: str | None = None  # rotated name, once the rotate seal is written
+        self._link_line: bytes | None = None  # the next file's link record, made once per rotation
+        self._next_key: EpochKey | None = None  # saved as pending, not yet endorsed in the log
         self._failure: AuditUnavailable | None = None
         self._failure_since: str | None = None
         self._fsync_broken = False
@@ -152,6 +155,8 @@ class AuditLog:
         closed), TypeError/ValueError for a payload that is not JSON without floats."""
         record = check_payload(payload)
         with self._lock:
+            if self._closed and self._failure is not None:  # the writer thread is gone
+                raise AuditUnavailable(self._failure.message)
             if self._closing:
                 raise AuditUnavailable(f"the audit log {self.path} is closed")
             if self._failure is not None and not self.settings.fail_open:
@@ -333,6 +338,11 @@ class AuditLog:
             self._finish_rotation()
 
     def _chain(self, batch: list[dict[str, Any]], closing: bool) -> bytes:
+        """The lines for ``batch`` and the seals due. Raises nothing once it has chained a
+        record: the chain state and the returned bytes must stay in step."""
+        now = self._hooks.mono()
+        if self._epoch_due(now) and not closing and self._retiring is None:
+            self._prepare_epoch()
         chainer, out = self._chainer, []
         if self._lost_reported < self._lost or self._outage_note or self._alert_note:
             out.append(chainer.add(self._outage_record()))
@@ -341,12 +351,11 @@ class AuditLog:
             self._chained_unsynced += 1
             if chainer.unsealed >= self.settings.checkpoint_records:
                 out.append(self._checkpoint())
-        now = self._hooks.mono()
         seal_at = self._next_seal_ns()
         if seal_at is not None and now >= seal_at and not closing:
             out.append(self._checkpoint())
-        if self._epoch_due(now) and not closing and self._retiring is None:
-            out.append(self._begin_epoch())
+        if self._next_key is not None:
+            out.append(self._endorse_next_key())
         if closing and not self._stop_chained:
             out.append(chainer.stop(self._stamp()))
             self._stop_chained = True
@@ -361,12 +370,29 @@ class AuditLog:
         many = self.settings.epoch_checkpoints
         return (at is not None and now >= at) or (many is not None and self._epoch_checkpoints >= many)
 
-    def _begin_epoch(self) -> bytes:
-        """Endorse a fresh key. The key store holds it as pending until the line is durable."""
-        old = self._chainer.key
-        new = EpochKey(old.epoch + 1, self._hooks.keygen())
+    def _prepare_epoch(self, strict: bool = False) -> None:
+        """A fresh key, saved as pending in the key store before the log may name it."""
+        new = EpochKey(self._chainer.key.epoch + 1, self._hooks.keygen())
         self._store.pending = new.seal(self._store_key, self._store.anchor)
-        self._store.save()
+        try:
+            self._store.save()
+        except OSError as exc:  # the volume's disk, not the log's: try again next interval
+            new.erase()
+            self._store.pending = None
+            if strict:
+                raise
+            self._epoch_started_ns = self._hooks.mono()
+            log.error("cannot save the next audit key in %s (%s): the key change is postponed",
+                      self._store.path, exc.strerror)
+            return
+        self._next_key = new
+
+    def _endorse_next_key(self) -> bytes:
+        """The epoch record: the current key signs the next; the old key is erased once the
+        record is durable and the key store promoted (_after_durable)."""
+        new, self._next_key = self._next_key, None
+        assert new is not None
+        old = self._chainer.key
         line = self._chainer.epoch(self._stamp(), new)
         self._retiring = old
         self._endorsed = {"chain": self._chainer.chain, "seq": self._chainer.seq - 1,
@@ -374,8 +400,21 @@ class AuditLog:
         self._epoch_started_ns, self._epoch_checkpoints = self._hooks.mono(), 0
         return line
 
-    def _after_durable(self) -> None:
-        """Runs once everything chained is on disk: promote the new key, erase the old one."""
+    def _after_durable(self, strict: bool = False) -> None:
+        """Runs once everything chained is on disk: promote the new key, erase the old one.
+
+        A key store that cannot be saved is retried at the next commit (``strict``: raise):
+        until then the store still holds the old key with the new one pending, which the
+        next start resolves from the log (docs/audit-format.md §7).
+        """
+        try:
+            self._promote_and_record_head()
+        except OSError as exc:
+            if strict:
+                raise
+            log.error("cannot update the audit key store %s (%s): retrying", self._store.path, exc.strerror)
+
+    def _promote_and_record_head(self) -> None:
         if self._retiring is not None and not self._unwritten and not self._needs_fsync:
             assert self._endorsed is not None and self._store.pending is not None
             store = self._store
@@ -386,10 +425,10 @@ class AuditLog:
             self._retiring.erase()
             self._retiring, self._endorsed = None, None
         if self._stop_chained and not self._head_saved and not self._unwritten and not self._needs_fsync:
-            self._head_saved = True
             self._store.head = {"chain": self._chainer.chain, "seq": self._chainer.seq - 1,
                                 "hash": self._chainer.prev, "stopped": True}
             self._store.save()
+            self._head_saved = True
 
     # -- file I/O ------------------------------------------------------------------------
 
@@ -437,9 +476,10 @@ class AuditLog:
                   "trail will show the gap", self.path)
         self._alert_note = (f"the active audit log {self.path} was removed or replaced by someone else "
                             "while the volume was mounted; records before this point are in that file")
+        self._rotating = REPLACED
         self._write(self._chainer.rotate(self._stamp(), None))
         self._sync()
-        self._open_next_file("(removed or replaced while in use)")
+        self._finish_rotation()
 
     def _outage_record(self) -> dict[str, Any]:
         parts = [note for note in (self._alert_note, self._outage_note) if note]
@@ -512,14 +552,13 @@ class AuditLog:
         return name
 
     def _finish_rotation(self) -> None:
-        name = self._rotating
-        assert name is not None
-        self._open_next_file(name)
-        self._rotating = None
-
-    def _open_next_file(self, prev_file: str) -> None:
-        """A new active file beginning with a link record, swapped in with one rename."""
-        fd, size = create_linked_file(self.path, self._chainer, self._stamp(), prev_file)
+        """A new active file beginning with a link record, swapped in with one rename. The
+        link line is made once, so a retry after a failure writes the same record."""
+        assert self._rotating is not None
+        if self._link_line is None:
+            self._link_line = self._chainer.link(self._stamp(), self._rotating)
+        fd, size = create_linked_file(self.path, self._link_line)
+        self._rotating, self._link_line = None, None
         old = self._fd
         self._fd, self._file_size = fd, size
         self._file_opened_ns = self._hooks.mono()
@@ -530,7 +569,7 @@ class AuditLog:
         with self._lock:
             self._closed = True
             self._cond.notify_all()
-        for key in (self._retiring, self._chainer.key):
+        for key in (self._retiring, self._next_key, self._chainer.key):
             if key is not None:
                 key.erase()
         self._store_key = b""
@@ -541,14 +580,14 @@ class AuditLog:
                 os.close(self._lock_fd)
 
 
-def create_linked_file(path: Path, chainer: Chainer, stamp: Stamp, prev_file: str) -> tuple[int, int]:
-    """Write ``path``.new with the link record, fsync, rename it over ``path``; return its fd."""
+def create_linked_file(path: Path, line: bytes) -> tuple[int, int]:
+    """Write ``path``.new holding ``line`` (a link record), fsync, rename it over ``path``;
+    return its fd and size."""
     tmp = path.with_name(path.name + ".new")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(tmp, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        line = chainer.link(stamp, prev_file)
         view = memoryview(line)
         while view:
             view = view[os.write(fd, view):]
@@ -744,7 +783,7 @@ def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, 
         rotated = _rotated_name_from(tail) or f"{path.name}.unnamed"
         if not path.with_name(rotated).exists():
             os.link(path, path.with_name(rotated), follow_symlinks=False)
-        fd, _ = create_linked_file(path, chainer, stamp(), rotated)
+        fd, _ = create_linked_file(path, chainer.link(stamp(), rotated))
         _flock_log(fd, path)
         lines.append(_resume(chainer, state, stamp(), torn=0))
     elif tail is not None:
@@ -778,10 +817,11 @@ def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, 
         fsync_dir(path.parent)
     writer = AuditLog(path, store, store_key, chainer, fd, settings, hooks, lock_fd)
     try:
-        lines.append(writer._begin_epoch())
+        writer._prepare_epoch(strict=True)
+        lines.append(writer._endorse_next_key())
         writer._write(b"".join(lines))
         writer._sync()
-        writer._after_durable()
+        writer._after_durable(strict=True)
     except BaseException:
         writer._shutdown(close_lock=False)  # the caller closes the volume lock
         raise

@@ -751,3 +751,55 @@ def test_rotation_by_age(backing: Path, log_path: Path) -> None:
     rotated = list(log_path.parent.glob("audit.log.*"))
     assert rotated
     assert verify([*rotated, log_path], anchor_of(backing)).intact
+
+
+def test_rotation_that_fails_midway_is_retried_with_the_same_link(backing: Path, log_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import encfs_pacs.audit.writer as writer_module
+    real, failures = writer_module.create_linked_file, []
+
+    def flaky(path: Path, line: bytes) -> tuple[int, int]:
+        if len(failures) < 2:
+            failures.append(line)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, line)
+
+    monkeypatch.setattr(writer_module, "create_linked_file", flaky)
+    writer = open_log(log_path, backing, rotate_bytes=3000)
+    for n in range(20):
+        writer.append(payload(n, detail="x" * 200))
+    writer.flush()  # the records are on disk; the rotation after them failed
+    assert wait_for(lambda: bool(failures) and writer.failed is not None)
+    assert "full" in str(writer.failed)
+    assert wait_for(lambda: writer.failed is None, timeout=5.0)
+    writer.close()
+    assert len(failures) == 2 and failures[0] == failures[1]  # the retry wrote the very same link record
+    rotated = sorted(log_path.parent.glob("audit.log.*"))
+    assert verify([*rotated, log_path], anchor_of(backing)).intact
+    assert len([r for r in iter_records([*rotated, log_path]) if r["event"] == "open"]) == 20
+
+
+def test_key_store_unwritable_postpones_the_key_change(backing: Path, log_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    writer = open_log(log_path, backing, checkpoint_records=2, epoch_checkpoints=2)
+    real = KeyStore.save
+
+    def unwritable(self: KeyStore) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(KeyStore, "save", unwritable)
+    with caplog.at_level(logging.ERROR, logger="encfs_pacs.audit"):
+        for n in range(12):
+            writer.append(payload(n))  # the log itself is fine: nothing is refused
+            writer.flush()
+    assert any("postponed" in m for m in caplog.messages)
+    monkeypatch.setattr(KeyStore, "save", real)
+    for n in range(12, 20):
+        writer.append(payload(n))
+        writer.flush()
+    writer.close()
+    assert len(control_records(log_path, "epoch")) >= 2
+    assert json.loads(key_store_path(backing).read_text())["current"]["epoch"] == \
+        control_records(log_path, "epoch")[-1]["audit"]["epoch"]
+    assert verify([log_path], anchor_of(backing)).intact
