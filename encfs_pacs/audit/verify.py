@@ -104,6 +104,9 @@ class VerifyReport:
         elif not self.anchored:
             out = ["internally consistent but NOT anchored: anyone can write a consistent log; "
                    "check it against the volume's anchor with --anchor (encfs-pacs audit anchor BACKING)"]
+        elif self.unsealed:
+            out = [f"intact up to the last seal; the {self.unsealed} record(s) after it are NOT yet "
+                   "sealed (live log): they are not verified"]
         else:
             out = ["intact: every record hashed, chained and sealed back to the anchor"]
         for chain in self.chains:
@@ -540,6 +543,8 @@ def _group(files: list[LogFile]) -> list[_Group]:
                                    b.first["seq"]))
         head = members[0].first or {}
         continues = head.get("audit", {}).get("continues") if control_type(head) == START else None
+        if not isinstance(continues, dict):  # a bad value is reported when the chain is verified
+            continues = None
         groups.append(_Group(chain, members, continues))
     # A chain that continues another is verified after it (the epoch record it names).
     ordered: list[_Group] = []
@@ -647,8 +652,9 @@ def verify(paths: list[Path], anchor: bytes | None = None, live: bool = False) -
     except _Bad as bad:
         report.problem = bad.problem
         return report
-    except ValueError as exc:
-        report.problem = Problem(SYNTAX, f"not an audit log: {exc}")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # A safety net: every malformed input should be caught above with a precise message.
+        report.problem = Problem(SYNTAX, f"not an audit log (malformed: {exc!r})")
         return report
     if anchor is None and report.chains:
         report.anchor = report.chains[0].anchor
