@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -130,3 +131,28 @@ def test_the_spec_verifier_is_not_a_rubber_stamp(tmp_path: Path) -> None:
     with pytest.raises(InvalidSignature):
         spec_verify(fixture_files(copy), bytes.fromhex("3b6a27bcceb6a42d62a3a8d02a6f0d73"
                                                        "653215771de243a63ac048a18b59da29"))
+
+
+def test_key_store_key_and_sealing_follow_the_spec(tmp_path: Path) -> None:
+    """docs/audit-format.md §7: HKDF label, AES-GCM with the documented associated data."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from encfs_pacs.audit.signing import create_key_store
+
+    from .auditkit import FIXTURE_MASTER_KEY, make_backing, seeded_keys
+
+    store_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                     info=b"encfs-pacs v1 audit key store").derive(FIXTURE_MASTER_KEY)
+    assert store_key.hex() == "36db4e5a4ae9f430f8bf6da7cad3ab21ea337c0fb3d2b23a7c6db56356e1a32c"
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "audit-format.md").read_text(encoding="utf-8")
+    assert store_key.hex() in doc and "encfs-pacs v1 audit key store" in doc
+    seeds = seeded_keys(b"spec")
+    seed = bytes(next(seeded_keys(b"spec")))
+    store = create_key_store(make_backing(tmp_path), FIXTURE_MASTER_KEY, lambda: next(seeds))
+    current = store.current
+    aad = f"encfs-pacs audit key|{store.anchor.hex()}|0|{current['public']}".encode()
+    nonce, sealed = base64.b64decode(current["nonce"]), base64.b64decode(current["sealed"])
+    opened = AESGCM(store_key).decrypt(nonce, sealed, aad)
+    assert opened == seed
