@@ -761,7 +761,7 @@ def _reconcile(store: KeyStore, tail: _Tail, path: Path) -> None:
     if head is not None and head.get("chain") == state.chain:
         last = state.seq - 1
         if last < head["seq"] or (head["seq"] >= state.first_seq
-                                  and tail.seals.get(head["seq"]) not in (None, head["hash"])):
+                                  and tail.seals.get(head["seq"]) != head["hash"]):
             raise AuditUnavailable(
                 f"the audit log {path} ends at seq {last}, but it was sealed up to seq {head['seq']}: it was "
                 "truncated or rewritten. Keep it as evidence, move it aside and mount again")
