@@ -102,6 +102,24 @@ class AccessDenied(EncfsPacsError):
     errno = errno.EACCES
 
 
+class AuditUnavailable(EncfsPacsError):
+    """The audit log cannot be written: fail closed (the operation is refused with EACCES).
+
+    The message says why (disk full, read-only, removed, key store missing…) and what to do.
+    """
+
+    exit_code = 23
+    errno = errno.EACCES
+
+
+class AuditTampered(EncfsPacsError):
+    """An audit log failed verification: edited, truncated, reordered, unsealed, foreign or
+    incomplete. The message names the first bad record (file, line, seq)."""
+
+    exit_code = 24
+    errno = errno.EIO
+
+
 # Maintenance commands (import, export, fsck, passwd, recovery-key): exit codes 25-29.
 
 

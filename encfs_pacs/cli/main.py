@@ -28,11 +28,12 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    from . import allow, demo, maintenance, policy, volume
+    from . import allow, audit, demo, maintenance, policy, volume
 
     for command in (volume.init, volume.mount, volume.unmount, demo.demo, allow.allow,
                     policy.policy_group, *maintenance.COMMANDS):
         cli.add_command(command)
+    cli.add_command(audit.audit_group)
 
 
 _register_commands()

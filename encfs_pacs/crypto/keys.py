@@ -80,6 +80,12 @@ def content_key(master_key: bytes) -> bytes:
     return _hkdf(master_key, b"encfs-pacs v1 file content")
 
 
+def audit_key_store_key(master_key: bytes) -> bytes:
+    """Seals the audit trail's current Ed25519 epoch key at rest (``.encfs-pacs/audit-key.json``).
+    Its own label, so the audit key store can never decrypt or be decrypted as image content."""
+    return _hkdf(master_key, b"encfs-pacs v1 audit key store")
+
+
 def file_key(content_root: bytes, file_id: bytes) -> bytes:
     """Per-file AES key. Random 96-bit nonces under one key are safe for about 2^32 chunks;
     a key per file keeps that bound per file instead of per archive (a PACS writes far

@@ -85,10 +85,19 @@ def violations(module: str, imported: set[str]) -> list[str]:
             bad.append(f"{module} imports {name}: the store knows nothing of FUSE or the CLI")
         if any(_within(module, f"encfs_pacs.{p}") for p in ("policy", "audit")) and upper:
             bad.append(f"{module} imports {name}: policy and audit never import fs or cli")
+        # The audit trail is read by auditors' tools on other machines: it stands on crypto and
+        # errors alone (no policy engine, no volume, no access gate).
+        if _within(module, "encfs_pacs.audit") and _top(name) == "encfs_pacs" and not (
+                name == "encfs_pacs" or any(_within(name, f"encfs_pacs.{p}") for p in AUDIT_MAY_USE)):
+            bad.append(f"{module} imports {name}: audit may use only audit, crypto and errors")
     return bad
 
 
+AUDIT_MAY_USE = ("audit", "crypto", "errors")
+
+
 def test_the_scan_sees_the_package() -> None:
+    assert {"encfs_pacs.audit.writer", "encfs_pacs.audit.verify", "encfs_pacs.cli.audit"} <= set(MODULES)
     assert {"encfs_pacs.store", "encfs_pacs.crypto.chunks", "encfs_pacs.crypto.keys",
             "encfs_pacs.crypto.volume_config", "encfs_pacs.errors"} <= set(MODULES)
     assert "encfs_pacs.errors" in MODULES["encfs_pacs.crypto.chunks"]
@@ -123,6 +132,10 @@ def test_import_direction(module: str) -> None:
         ("encfs_pacs.policy.rules", "from ..fs import mount", "policy and audit"),
         ("encfs_pacs.audit", "from ..cli import main", "policy and audit"),
         ("encfs_pacs.audit.log", "import encfs_pacs.fs.mount", "policy and audit"),
+        ("encfs_pacs.audit.writer", "from ..policy.model import Caller", "only audit, crypto and errors"),
+        ("encfs_pacs.audit.writer", "from .. import access", "only audit, crypto and errors"),
+        ("encfs_pacs.audit.verify", "from ..store import META_DIR", "only audit, crypto and errors"),
+        ("encfs_pacs.audit", "import encfs_pacs.policy", "only audit, crypto and errors"),
     ],
 )
 def test_the_rules_catch_violations(module: str, source: str, rule: str) -> None:
@@ -139,6 +152,9 @@ def test_the_rules_catch_violations(module: str, source: str, rule: str) -> None
         ("encfs_pacs.fs.operations", "import mfusepy\nfrom ..store import Volume"),
         ("encfs_pacs.store", "import os\nfrom .crypto import keys"),
         ("encfs_pacs.cli.volume", "from ..fs import mount"),
+        ("encfs_pacs.audit.writer", "from ..crypto.keys import audit_key_store_key\nfrom ..errors import X"),
+        ("encfs_pacs.audit.verify", "from .records import decode_line\nfrom . import signing"),
+        ("encfs_pacs.cli.audit", "from ..audit import verify"),
     ],
 )
 def test_the_rules_allow_the_intended_imports(module: str, source: str) -> None:

@@ -336,7 +336,8 @@ def test_docs_state_the_labels_and_vectors() -> None:
     labels = {node.value.decode() for node in ast.walk(ast.parse(source))
               if isinstance(node, ast.Constant) and isinstance(node.value, bytes)
               and node.value.startswith(b"encfs-pacs")}
-    assert labels == {"encfs-pacs v1 key id", "encfs-pacs v1 file content", "encfs-pacs v1 file key "}
+    assert labels == {"encfs-pacs v1 key id", "encfs-pacs v1 file content", "encfs-pacs v1 file key ",
+                      "encfs-pacs v1 audit key store"}
     for label in labels:
         assert f'"{label.strip()}"' in doc
     small = KAT_SMALL_FILE[48 + 24:]  # the worked example: ciphertext, then tag
