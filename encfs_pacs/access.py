@@ -79,6 +79,7 @@ class AccessGate:
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.holder = holder
         self.audit = audit
+        holder.on_event = lambda payload: self.audit.append(payload)  # follows a later audit swap
         self.learn = learn
         self.allow_all = allow_all
         self.resolver = resolver or IdentityResolver()

@@ -447,6 +447,9 @@ class Volume:
         self.layout = Layout(config.chunk_size)
         self._key_id = config.key_id
         self._content_root = keys.content_key(master_key)
+        # Kept for the audit trail, whose signing-key store is sealed under a key derived from
+        # it (audit/signing.py). Never logged: Volume has no repr that would show it.
+        self.master_key = master_key
         self._states: dict[tuple[int, int], FileState] = {}
         self._states_lock = threading.Lock()
         # (dev, ino) -> path of files moved to the orphans folder by this mount (see rmdir)

@@ -112,11 +112,26 @@ class Mounted:
     passphrase_file: Path
     policy_file: Path | None = None
     extra_args: tuple[str, ...] = ()
+    audit_log: Path | None = None  # default: next to the daemon log
+
+    def __post_init__(self) -> None:
+        if self.audit_log is None:
+            self.audit_log = self.log_file.with_name(self.log_file.stem + ".audit.jsonl")
 
     def mount(self) -> None:
         policy = ("--policy", self.policy_file) if self.policy_file else ("--no-policy",)
         run_cli("mount", self.backing, self.mountpoint, "--passphrase-file", self.passphrase_file,
-                "--log-file", self.log_file, *policy, *self.extra_args)
+                "--log-file", self.log_file, "--audit-log", str(self.audit_log), *policy, *self.extra_args)
+
+    def audit_records(self) -> list[dict]:
+        """The payload records of the audit log so far (control records left out)."""
+        import json
+
+        assert self.audit_log is not None
+        if not self.audit_log.exists():
+            return []
+        records = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+        return [r for r in records if "audit" not in r]
         assert is_fuse_mounted(self.mountpoint), f"{self.mountpoint} is not in the mount table after mount"
 
     def unmount(self) -> None:

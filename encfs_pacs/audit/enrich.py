@@ -19,7 +19,7 @@ import queue
 import threading
 from typing import Any, Protocol
 
-from ..errors import EncfsPacsError
+from ..errors import AuditUnavailable, EncfsPacsError
 from .dicom import DicomTagCache
 
 log = logging.getLogger("encfs_pacs.audit")
@@ -95,7 +95,7 @@ class EnrichingAudit:
                 log.error("the audit log cannot be written (%s); %s", exc,
                           "continuing without it (--audit-fail-open)" if self._fail_open
                           else "new opens are refused until it works again")
-            self._failure = exc if isinstance(exc, EncfsPacsError) else EncfsPacsError(
+            self._failure = exc if isinstance(exc, EncfsPacsError) else AuditUnavailable(
                 f"the audit log cannot be written: {exc}")
             log.error("audit record NOT written: %s %s %s", payload.get("event"), payload.get("outcome"),
                       (obj or {}).get("path") if isinstance(obj, dict) else "")

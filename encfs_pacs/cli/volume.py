@@ -16,6 +16,8 @@ from ..errors import UsageError
 from ..policy.loader import DEFAULT_POLICY_PATH
 from .keysource import keyfile_option, passphrase_file_option, secret_from_options
 
+DEFAULT_AUDIT_DIR = Path("/var/log/encfs-pacs")
+
 
 @click.command()
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
@@ -35,8 +37,12 @@ def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chun
     """
     secret = secret_from_options(passphrase_file, keyfile, confirm=True)
     config = store.create_volume(backing, secret, chunk_size=chunk_size, scrypt_log_n=scrypt_log_n)
+    from ..audit import create_anchor
+
+    anchor = create_anchor(backing, store.unlock(backing, secret).master_key)
     click.echo(f"created volume in {backing} (key ID {config.key_id.hex()}, "
                f"{config.chunk_size // 1024} KiB chunks)")
+    click.echo(f"audit anchor (public key for 'encfs-pacs audit verify --anchor'): {anchor.hex()}")
     click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
 
 
@@ -72,12 +78,19 @@ def configure_logging(log_file: Path | None, foreground: bool, verbose: bool) ->
               help="Allow-list in force (reloaded when it changes, or on SIGHUP).")
 @click.option("--no-policy", is_flag=True,
               help="Give every process plaintext (testing only: no protection against ransomware).")
+@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append-only, tamper-evident access log (default: "
+                   "/var/log/encfs-pacs/<mountpoint>.audit.jsonl).")
+@click.option("--no-audit", is_flag=True, help="Keep no audit trail (testing only).")
+@click.option("--audit-fail-open", is_flag=True,
+              help="Keep serving when the audit log cannot be written (default: refuse access).")
 @click.option("--learn", is_flag=True,
               help="Deny nothing; record every access the policy would deny "
                    "(then: encfs-pacs policy suggest).")
 def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile: Path | None,
           foreground: bool, log_file: Path | None, verbose: bool, policy_file: Path,
-          no_policy: bool, learn: bool) -> None:
+          no_policy: bool, audit_log: Path | None, no_audit: bool, audit_fail_open: bool,
+          learn: bool) -> None:
     """Mount the volume BACKING as plaintext on MOUNTPOINT.
 
     Only processes allowed by the policy (--policy, default /etc/encfs-pacs/policy.toml) get
@@ -94,6 +107,12 @@ def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile
 
     if no_policy and learn:
         raise UsageError("--learn needs a policy to compare against; drop --no-policy")
+    if no_audit and (audit_log or audit_fail_open or learn):
+        raise UsageError("--no-audit cannot be combined with --audit-log, --audit-fail-open or --learn "
+                         "(learn mode reports through the audit trail)")
+    audit_path = None if no_audit else (audit_log or default_audit_log(mountpoint)).absolute()
+    # Absolute from here on: the daemon's working folder is not ours (libfuse may chdir to /).
+    backing, mountpoint = backing.absolute(), mountpoint.absolute()
     store.read_config(backing)  # report a missing or foreign volume before asking for a secret
     fs_mount.check_mountpoint(mountpoint, backing)
     # The daemon must find the policy again on reload, whatever its working folder.
@@ -101,12 +120,18 @@ def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile
     volume = store.unlock(backing, secret_from_options(passphrase_file, keyfile, confirm=False))
     if foreground:
         configure_logging(log_file, foreground=True, verbose=verbose)
-        fs_mount.serve(volume, mountpoint, gate)
+        fs_mount.serve(volume, mountpoint, gate, audit_log=audit_path, audit_fail_open=audit_fail_open)
         return
     pid = fs_mount.mount_in_background(
         volume, mountpoint, gate, log_file,
-        lambda: configure_logging(log_file, foreground=False, verbose=verbose))
+        lambda: configure_logging(log_file, foreground=False, verbose=verbose),
+        audit_log=audit_path, audit_fail_open=audit_fail_open)
     click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
+
+
+def default_audit_log(mountpoint: Path) -> Path:
+    name = os.path.abspath(mountpoint).strip("/").replace("/", "-") or "root"
+    return DEFAULT_AUDIT_DIR / f"{name}.audit.jsonl"
 
 
 @click.command()

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..access import AccessGate
+from ..audit.dicom import DicomTagCache
+from ..audit.enrich import EnrichingAudit
 from ..errors import MountFailed, MountpointError, UnmountFailed
 from ..store import Volume
 from ._binding import EncfsFUSE
@@ -150,11 +152,24 @@ def _mount_event(event: str, volume: Volume, mountpoint: Path, gate: AccessGate)
                        f"policy {gate.policy.source}")}
 
 
-def serve(volume: Volume, mountpoint: Path, gate: AccessGate,
-          on_ready: Callable[[], None] | None = None) -> None:
+def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool) -> EnrichingAudit:
+    """The volume's audit trail, with patient and study added from DICOM headers.
+
+    Opened in the daemon itself (its writer thread would not survive the fork); a failure
+    reaches the mount command through the ready pipe and nothing is mounted."""
+    from ..audit import open_audit_log
+
+    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=fail_open)
+    return EnrichingAudit(writer, DicomTagCache(volume), fail_open=fail_open)
+
+
+def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None = None,
+          audit_log: Path | None = None, audit_fail_open: bool = False) -> None:
     """Run the file system until it is unmounted. Blocks."""
     as_root = os.geteuid() == 0
-    _reload_on_sighup(gate)
+    _reload_on_sighup(gate)  # first: threads started later inherit the blocked SIGHUP
+    if audit_log is not None:
+        gate.audit = open_audit(volume, audit_log, fail_open=audit_fail_open)
     gate.holder.start()
     for warning in gate.policy.warnings:
         log.warning("policy: %s", warning)
@@ -216,7 +231,8 @@ def _detach_stdio(log_file: Path | None) -> None:
 
 
 def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_file: Path | None,
-                        configure_logging: Callable[[], None]) -> int:
+                        configure_logging: Callable[[], None], audit_log: Path | None = None,
+                        audit_fail_open: bool = False) -> int:
     """Fork the daemon; return its pid once the mount is usable."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -233,7 +249,8 @@ def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_
                 _detach_stdio(log_file)
                 os.write(write_end, b"OK\n")
 
-            serve(volume, mountpoint, gate, on_ready=ready)
+            serve(volume, mountpoint, gate, on_ready=ready, audit_log=audit_log,
+                  audit_fail_open=audit_fail_open)
             code = 0
         except BaseException as exc:  # report any reason to the waiting parent, then die
             with contextlib.suppress(OSError):

@@ -68,7 +68,7 @@ class PolicyHolder:
 
     def __init__(self, path: Path | None, on_event: EventSink, policy: Policy | None = None) -> None:
         self.path = path
-        self._on_event = on_event
+        self.on_event = on_event  # where reload/change/expiry records go (the gate's audit sink)
         self._lock = threading.Lock()
         self._policy = policy if policy is not None else (
             load_checked(path) if path is not None else Policy(source="--no-policy"))
@@ -91,7 +91,7 @@ class PolicyHolder:
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def start(self) -> None:
-        self._on_event(self._load_event("policy-load", self._policy))
+        self.on_event(self._load_event("policy-load", self._policy))
         if self.path is not None:
             self._thread = threading.Thread(target=self._watch, name="policy-watch", daemon=True)
             self._thread.start()
@@ -116,18 +116,18 @@ class PolicyHolder:
                 new = load_checked(self.path)
             except PolicyInvalid as exc:
                 log.error("policy reload (%s) rejected, the previous policy stays in force: %s", why, exc)
-                self._on_event({"event": "policy-rejected", "outcome": "error", "alert": True,
+                self.on_event({"event": "policy-rejected", "outcome": "error", "alert": True,
                                 "detail": f"{why}: {exc}; previous policy {self._policy.digest[:16]} "
                                           "stays in force"})
                 return False
             old, self._policy = self._policy, new
         changes = rule_changes(old, new)
         log.info("policy reloaded (%s): %s", why, changes)
-        self._on_event(self._load_event("policy-reload", new, detail=why, changes=changes))
+        self.on_event(self._load_event("policy-reload", new, detail=why, changes=changes))
         for rule_id in changes["added"] + changes["changed"]:
             rule = new.rule(rule_id)
             if rule is not None and (rule.expires is not None or rule.alert):
-                self._on_event({"event": "security-alert", "outcome": "allowed", "rule": rule.id,
+                self.on_event({"event": "security-alert", "outcome": "allowed", "rule": rule.id,
                                 "alert": True, "detail": f"temporary or alerting rule {rule.id} in force "
                                 f"until {rule.expires.isoformat() if rule.expires else 'removed'}: "
                                 f"{rule.reason or 'no reason given'}"})
@@ -138,7 +138,7 @@ class PolicyHolder:
         for rule in self._policy.rules:
             if rule.expires is not None and rule.expires <= now and rule.id not in self._expired:
                 self._expired.add(rule.id)
-                self._on_event({"event": "policy-change", "outcome": "allowed", "rule": rule.id,
+                self.on_event({"event": "policy-change", "outcome": "allowed", "rule": rule.id,
                                 "alert": True, "detail": f"temporary rule {rule.id} expired at "
                                                          f"{rule.expires.isoformat()}"})
 

@@ -447,3 +447,64 @@ def test_denied_unlink_of_a_file_open_elsewhere_is_eacces(policy: Path, pacs: Ag
         holder.kill()
     assert denied(result), result
     assert pacs.run({"op": "stat", "path": target})[0]["ok"]
+
+
+def test_learn_mode_records_feed_suggest_and_simulate(policy: Path, pacs: Agent, rogue: Agent,
+                                                      mount_volume: Callable[..., Mounted],
+                                                      tmp_path: Path) -> None:
+    """The admin's path to a policy: mount --learn, let the programs work, turn the records into
+    rules (policy suggest), check a tightened policy against the same records (policy simulate)."""
+    allow_pacs(policy)
+    m = mount_volume(policy, "--learn")
+    store_images(pacs, m.mountpoint, count=2)
+    target = str(m.mountpoint / "study/img0.dcm")
+    assert all(r["ok"] for r in rogue.run({"op": "list", "path": str(m.mountpoint / "study")},
+                                          {"op": "read", "path": target}))
+    m.unmount()
+    assert m.audit_log is not None
+    learned = [r for r in m.audit_records() if r.get("outcome") == "learn-denied"]
+    assert learned and all(r["program"]["argv"][1].endswith("rogue_agent.py") for r in learned)
+    assert any(r["event"] == "open" and r["object"].get("path") == "/study/img0.dcm" for r in learned)
+
+    suggestion = run_cli("policy", "suggest", m.audit_log).stdout
+    assert "[[rule]]" in suggestion and f'exe = "{PYTHON}"' in suggestion
+    proposed = tmp_path / "proposed.toml"
+    proposed.write_text(policy.read_text() + "\n" + suggestion)
+    validated = run_cli("policy", "validate", proposed)
+    assert "valid" in validated.stdout
+    # The suggested rule names the interpreter only: it would also let the rogue in. Simulating
+    # the current (strict) policy against the records lists exactly what learn mode let through.
+    simulation = run_cli("policy", "simulate", "--policy", policy, m.audit_log, "--json")
+    changes = json.loads(simulation.stdout)["changes"]
+    assert changes == [] or all(c["kind"] == "newly denied" for c in changes)
+    strict = run_cli("policy", "simulate", "--policy", proposed, m.audit_log, "--json")
+    assert json.loads(strict.stdout)["replayed"] > 0
+
+
+def test_audit_records_name_program_patient_and_outcome(policy: Path, pacs: Agent, rogue: Agent,
+                                                        mount_volume: Callable[..., Mounted]) -> None:
+    import pydicom
+
+    allow_pacs(policy)
+    m = mount_volume(policy)
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    target = str(m.mountpoint / "ct.dcm")
+    pacs.run({"op": "create_new", "path": target, "data": source.read_bytes().hex()},
+             {"op": "read", "path": target})
+    assert denied(rogue.run({"op": "read", "path": target})[0])
+    m.unmount()
+    anchor = run_cli("audit", "anchor", m.backing).stdout.split()[-1]
+    verified = run_cli("audit", "verify", m.audit_log, "--anchor", anchor)
+    assert verified.stdout.startswith("intact"), verified.stdout
+    records = m.audit_records()
+    opened = [r for r in records if r["event"] == "open" and r["outcome"] == "allowed"]
+    assert opened and opened[0]["object"]["dicom"]["PatientID"] == str(header.PatientID)
+    assert opened[0]["object"]["dicom"]["StudyInstanceUID"] == str(header.StudyInstanceUID)
+    assert opened[0]["program"]["argv"][1].endswith("pacs_agent.py") and opened[0]["rule"] == "pacs"
+    released = [r for r in records if r["event"] == "release" and r.get("bytes_read")]
+    assert released[0]["bytes_read"] == source.stat().st_size
+    refused = [r for r in records if r["outcome"] == "denied" and r["object"]["path"] == "/ct.dcm"]
+    assert refused and refused[0]["errno"] == errno.EACCES
+    assert refused[0]["program"]["argv"][1].endswith("rogue_agent.py")
+    assert [r["event"] for r in records if r["event"] in ("mount", "unmount")] == ["mount", "unmount"]

@@ -30,7 +30,7 @@ def cli(*args: str | Path, stdin: int | None = subprocess.DEVNULL, timeout: floa
 
 def mount_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Mount without an allow-list: these tests are about the operator CLI, not the policy."""
-    return cli("mount", *args, "--no-policy")
+    return cli("mount", *args, "--no-policy", "--no-audit")
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], exit_code: int, *words: str) -> None:
@@ -232,7 +232,8 @@ def test_unmount_busy_says_so(backing: Path, secret: Path, mountpoint: Path) -> 
 def test_signal_unmounts_foreground_daemon_cleanly(backing: Path, secret: Path, mountpoint: Path,
                                                    signum: int) -> None:
     daemon = subprocess.Popen([sys.executable, "-m", "encfs_pacs", "mount", str(backing), str(mountpoint),
-                               "--passphrase-file", str(secret), "--foreground", "--no-policy"],
+                               "--passphrase-file", str(secret), "--foreground", "--no-policy",
+                               "--no-audit"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
