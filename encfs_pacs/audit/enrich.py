@@ -52,8 +52,9 @@ class EnrichingAudit:
 
     def check(self) -> None:
         """Raise the writer's failure if the audit trail is down and we fail closed."""
-        if self._failure is not None and not self._fail_open:
-            raise self._failure
+        failure = getattr(self._writer, "failed", None) or self._failure
+        if failure is not None and not self._fail_open:
+            raise failure
 
     def tags_now(self, path: str) -> dict[str, str] | None:
         return self._tags.tags(path) if self._tags is not None else None

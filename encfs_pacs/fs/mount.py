@@ -159,7 +159,10 @@ def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool) -> Enriching
     reaches the mount command through the ready pipe and nothing is mounted."""
     from ..audit import open_audit_log
 
-    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=fail_open)
+    # The writer itself always keeps records it cannot write yet (in memory, up to its limit):
+    # records of accesses the gate let through just before an outage must not be lost. Failing
+    # closed is the gate's job: it asks the sink before every access (EnrichingAudit.check).
+    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=True)
     return EnrichingAudit(writer, DicomTagCache(volume), fail_open=fail_open)
 
 

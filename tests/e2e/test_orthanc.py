@@ -349,3 +349,39 @@ def test_programs_not_allowed_cannot_read_or_damage_orthanc_files_while_it_runs(
     assert_archive_intact(pacs, site, archive)
     assert pacs.get("/statistics")["CountInstances"] >= len(archive.sources) + 4
     assert pacs.errors() == []
+
+
+# ---------------------------------------------------------------------------- audit trail
+
+
+def _audited_studies(site: Site) -> set[tuple[str, str, str]]:
+    """(event, PatientID, StudyInstanceUID) of every audited access by Orthanc so far."""
+    seen = set()
+    assert site.mounted.audit_log is not None
+    for line in site.mounted.audit_log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the line being written right now
+            continue
+        dicom = (record.get("object") or {}).get("dicom")
+        if dicom and (record.get("program") or {}).get("exe") == "/usr/sbin/Orthanc":
+            seen.add((record["event"], dicom.get("PatientID"), dicom.get("StudyInstanceUID")))
+    return seen
+
+
+def test_every_orthanc_access_is_audited_with_its_patient_and_study(pacs: Orthanc, site: Site,
+                                                                    archive: Archive) -> None:
+    """Orthanc writes no audit trail of its own; through the mount it gets one: who (Orthanc,
+    hash-pinned) stored and read which patient's study."""
+    download_all(pacs, list(archive.sources))  # reads of every stored file
+    wanted = {(study.patient_id, study.uid) for study in archive.studies}
+    deadline = time.monotonic() + 20  # group commit: records reach the disk within about a second
+    while True:
+        seen = _audited_studies(site)
+        stored = {(p, s) for event, p, s in seen if event == "release"}
+        read = {(p, s) for event, p, s in seen if event == "open"}
+        if wanted <= stored and wanted <= read or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert wanted <= stored, f"stores not audited with patient/study: {wanted - stored}"
+    assert wanted <= read, f"reads not audited with patient/study: {wanted - read}"

@@ -56,8 +56,9 @@ def test_backing_holds_no_plaintext(mounted) -> None:
         assert (mounted.mountpoint / name).read_bytes() == data
     mounted.unmount()
 
-    stored = stored_files(mounted.backing)
-    assert len(stored) == len(files) + 1  # plus .encfs-pacs/volume.json
+    stored = [path for path in stored_files(mounted.backing) if not path.name.startswith("audit-key.")]
+    assert len(stored) == len(files) + 1  # plus .encfs-pacs/volume.json (the audit key store is
+    # checked by the audit tests: it holds a public key and an encrypted private key)
     for path in stored:
         raw = path.read_bytes()
         for needle in (MARKER, MARKER[:8], patient_name):

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# The volume's own files: its config and the audit trail's signing-key store with its lock.
+VOLUME_METADATA = ["audit-key.json", "audit-key.lock", "volume.json"]
+
 pytestmark = pytest.mark.integration
 
 CHUNK = 65536
@@ -320,8 +323,9 @@ def test_unlinked_open_file_survives_rmdir_of_its_directory(mnt: Path, backing: 
         os.close(fd)
     assert os.listdir(mnt) == []
     # the deleted file's ciphertext is gone at the last close, not only at the next mount
+    meta = backing / ".encfs-pacs"
     left = [os.path.join(d, f) for d, _, files in os.walk(backing) for f in files]
-    assert left == [str(backing / ".encfs-pacs" / "volume.json")]
+    assert sorted(left) == [str(meta / name) for name in VOLUME_METADATA]
 
 
 @pytest.mark.xfail(strict=True, raises=OSError, reason=(
@@ -821,7 +825,7 @@ def test_reserved_metadata_name_is_invisible_and_uncreatable(mnt: Path, backing:
     with pytest.raises(OSError):
         os.symlink("x", reserved)
     assert ".encfs-pacs" not in os.listdir(mnt)
-    assert os.listdir(backing / ".encfs-pacs") == ["volume.json"]
+    assert sorted(os.listdir(backing / ".encfs-pacs")) == VOLUME_METADATA
     # only the root entry is reserved: a deeper folder may use the name
     (mnt / "sub").mkdir()
     (mnt / "sub" / ".encfs-pacs").write_bytes(b"ok")
