@@ -146,7 +146,7 @@ class AuditLog:
         self._flush_wanted = False
         self._closing = False
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="audit-log-writer", daemon=True)
 
     # -- the API the file system uses ----------------------------------------------------
 
