@@ -41,10 +41,10 @@ SYSTEMS: tuple[SystemSpec, ...] = (
     SystemSpec("raw", "the backing directory itself (the limit)", "raw"),
     SystemSpec("gocryptfs", "Debian gocryptfs, default options", "gocryptfs"),
     SystemSpec("plain", "encfs-pacs, allow-list and audit off", "encfs-pacs",
-               ("--no-policy",), ("--no-policy",)),
+               ("--no-policy", "--no-audit"), ("--no-policy", "--no-audit")),
     # Separates the allow-list's cost from the audit log's while both exist.
     SystemSpec("allowlist", "encfs-pacs, allow-list on, audit off", "encfs-pacs",
-               ("--policy", "{policy}"), ("--policy",), baseline="plain"),
+               ("--policy", "{policy}", "--no-audit"), ("--policy", "--no-audit"), baseline="plain"),
     SystemSpec("guarded", "encfs-pacs, allow-list and audit on", "encfs-pacs",
                ("--policy", "{policy}", "--audit-log", "{audit_log}"), ("--policy", "--audit-log"),
                baseline="plain"),
