@@ -26,6 +26,7 @@ from .policy.identity import IdentityResolver
 from .policy.model import DESTRUCTIVE_OPS, Caller, Op, Policy, Request, View
 
 log = logging.getLogger("encfs_pacs.access")
+STAT_REUSE_SECONDS = 0.2
 # Audit events after which a file's DICOM header may no longer be readable at its path.
 CHANGES_STORED_FILES = frozenset({"delete", "rename", "truncate"})
 
@@ -107,7 +108,9 @@ class AccessGate:
             return Grant(Caller(pid=pid, uid=uid, gid=gid), _ALLOW_ALL, path, op)
         if op is not Op.STAT:
             self._audit_must_work()
-        caller = self.resolver.resolve(pid, uid, gid)
+        # Attribute lookups come in bursts (ls -l, find, path walks): for them a check of the
+        # same thread within the last 0.2 s is enough (the kernel itself caches attributes 1 s).
+        caller = self.resolver.resolve(pid, uid, gid, STAT_REUSE_SECONDS if op is Op.STAT else 0.0)
         request = Request(op, path, existing,
                           self.created.age_for(path, caller.process_key) if existing else None)
         decision = self._decide(caller, request)

@@ -113,14 +113,26 @@ class IdentityResolver:
         self._clock = clock
         self._lock = threading.Lock()
         self._callers: OrderedDict[tuple[object, ...], tuple[Caller, float]] = OrderedDict()
+        self._recent: dict[int, tuple[Caller, tuple[int, int], float]] = {}
         self._hashes: OrderedDict[_ExeKey, str] = OrderedDict()
         self._users: dict[int, str | None] = {}
 
-    def resolve(self, pid: int, uid: int, gid: int) -> Caller:
+    def resolve(self, pid: int, uid: int, gid: int, reuse_within: float = 0.0) -> Caller:
+        """The caller of a request. ``reuse_within`` > 0 accepts this thread's identity if it
+        was fully checked that recently (for attribute lookups only: a burst of stat() calls
+        from `ls -l` then costs one /proc check, not one per name)."""
+        if reuse_within > 0:
+            recent = self._recent.get(pid)
+            if recent is not None and recent[1] == (uid, gid) and self._clock() - recent[2] <= reuse_within:
+                return recent[0]
         try:
-            return self._resolve(pid, uid, gid)
+            caller = self._resolve(pid, uid, gid)
         except Unidentified as exc:
             return Caller(pid=pid, uid=uid, gid=gid, user=self._user_name(uid), unidentified=str(exc))
+        if len(self._recent) > CACHE_SIZE:
+            self._recent.clear()
+        self._recent[pid] = (caller, (uid, gid), self._clock())
+        return caller
 
     def _resolve(self, pid: int, uid: int, gid: int) -> Caller:
         if pid <= 0:

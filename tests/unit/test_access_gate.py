@@ -34,7 +34,7 @@ class FakeResolver:
         self.callers = {c.pid: c for c in callers}
         self.calls: list[tuple[int, int, int]] = []
 
-    def resolve(self, pid: int, uid: int, gid: int) -> Caller:
+    def resolve(self, pid: int, uid: int, gid: int, reuse_within: float = 0.0) -> Caller:
         self.calls.append((pid, uid, gid))
         return self.callers[pid]
 

@@ -539,3 +539,17 @@ def test_tracer_appearing_later_is_seen_within_the_refresh_interval(proc: FakePr
     assert resolver.resolve(100, 0, 0).traced is None  # cached: /proc/PID/status is not re-read
     now[0] += 0.6
     assert resolver.resolve(100, 0, 0).traced is not None
+
+
+def test_attribute_bursts_reuse_a_fresh_check_of_the_same_thread(proc: FakeProc, program: Path) -> None:
+    folder = proc.add(100, program)
+    now = [50.0]
+    resolver = IdentityResolver(str(proc.root), clock=lambda: now[0])
+    first = resolver.resolve(100, 0, 0)
+    (folder / "cmdline").write_bytes(b"other\0program\0")  # an exec: only a full check sees it
+    now[0] += 0.1
+    assert resolver.resolve(100, 0, 0, reuse_within=0.2) is first  # no /proc read in the burst
+    assert resolver.resolve(100, 1, 1, reuse_within=0.2).argv == ("other", "program")  # other uid
+    now[0] += 0.3
+    assert resolver.resolve(100, 0, 0, reuse_within=0.2).argv == ("other", "program")  # too old
+    assert resolver.resolve(100, 0, 0).argv == ("other", "program")  # never reused without asking
