@@ -54,7 +54,11 @@ class EnrichingAudit:
         """Raise the writer's failure if the audit trail is down and we fail closed."""
         failure = getattr(self._writer, "failed", None) or self._failure
         if failure is not None and not self._fail_open:
-            raise failure
+            # The writer keeps records in memory meanwhile (it runs in its fail-open mode for
+            # that); its message says so, which is not what the refused caller needs to read.
+            reason = str(failure).split("; serving continues", 1)[0]
+            raise AuditUnavailable(f"access refused because {reason}; free the space or fix the log "
+                                   "(or mount with --audit-fail-open to serve without a trail)")
 
     def tags_now(self, path: str) -> dict[str, str] | None:
         return self._tags.tags(path) if self._tags is not None else None

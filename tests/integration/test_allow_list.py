@@ -8,6 +8,7 @@ The test process itself matches no rule: it sees the mount only as a denied prog
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -508,3 +509,45 @@ def test_audit_records_name_program_patient_and_outcome(policy: Path, pacs: Agen
     assert refused and refused[0]["errno"] == errno.EACCES
     assert refused[0]["program"]["argv"][1].endswith("rogue_agent.py")
     assert [r["event"] for r in records if r["event"] in ("mount", "unmount")] == ["mount", "unmount"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs for the audit log")
+def test_access_is_refused_when_the_audit_log_cannot_be_written(policy: Path, pacs: Agent, tmp_path: Path,
+                                                                mount_volume: Callable[..., Mounted]) -> None:
+    """Fail closed: an access the audit trail cannot record is not allowed (the default)."""
+    log_disk = tmp_path / "logdisk"
+    log_disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(log_disk)], check=True)
+    try:
+        allow_pacs(policy)
+        m = mount_volume(policy, "--audit-log", str(log_disk / "audit.jsonl"))
+        target = str(m.mountpoint / "img.dcm")
+        assert pacs.run({"op": "create_new", "path": target, "data": "00" * 100})[0]["ok"]
+        filler = log_disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # the log's disk fills up
+        try:
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 65536)
+        finally:
+            os.close(fd)
+        refused = None
+        for _ in range(200):  # records are written in groups: within a few opens the writer fails
+            result = pacs.run({"op": "read", "path": target})[0]
+            if not result["ok"]:
+                refused = result
+                break
+            time.sleep(0.05)
+        assert refused == {"ok": False, "errno": errno.EACCES}, "opens kept working without an audit trail"
+        assert "audit" in m.log().lower() and "refused" in m.log().lower()
+        m.unmount()
+    finally:
+        for mount in mount_volume_points(tmp_path):
+            subprocess.run(["fusermount3", "-uz", mount], check=False)
+        subprocess.run(["umount", "-l", str(log_disk)], check=False)
+
+
+def mount_volume_points(base: Path) -> list[str]:
+    with open("/proc/mounts", encoding="utf-8") as table:
+        return [line.split()[1] for line in table
+                if line.split()[2].startswith("fuse") and line.split()[1].startswith(str(base))]
