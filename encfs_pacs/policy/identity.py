@@ -32,6 +32,7 @@ DELETED_SUFFIX = " (deleted)"
 # (LD_LIBRARY_PATH is left out: vendor start scripts set it routinely.)
 PRELOAD_VARIABLES = (b"LD_PRELOAD=", b"LD_AUDIT=")
 CACHE_SIZE = 4096
+PROC_READ_BYTES = 65536
 
 
 class Unidentified(Exception):
@@ -49,11 +50,13 @@ class _ExeKey:
 
 def _read(path: str) -> bytes:
     # os.open/os.read: half the cost of open() for these tiny files, read on every request.
+    # One read() is enough below the buffer size: a /proc file generates its text per read, so
+    # the usual read-until-empty loop would pay for it twice.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        chunks = [os.read(fd, PROC_READ_BYTES)]
+        while len(chunks[-1]) == PROC_READ_BYTES:
+            chunks.append(os.read(fd, PROC_READ_BYTES))
         return b"".join(chunks)
     finally:
         os.close(fd)
