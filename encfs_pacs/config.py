@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigInvalid
+from .errors import ConfigInvalid, EncfsPacsError
 from .policy.loader import DEFAULT_POLICY_PATH
 
 DEFAULT_CONFIG_DIR = Path("/etc/encfs-pacs")
@@ -136,21 +136,22 @@ def validate(raw: dict[str, Any], source: str, base: Path) -> MountConfig:
     return check_consistency(MountConfig(values, source))
 
 
-def check_consistency(config: MountConfig) -> MountConfig:
-    """Rules across keys; run again after command-line options are merged in."""
+def check_consistency(config: MountConfig, error: type[EncfsPacsError] = ConfigInvalid) -> MountConfig:
+    """Rules across keys; run again after command-line options are merged in (``error`` is
+    UsageError when there is no file: a bad command line keeps its usage exit code)."""
     source, values = config.source, config.values
     for key, spec in SCHEMA.items():
         if spec.required and values[key] is None:
-            raise ConfigInvalid(f"{source}: key '{key}' is missing; expected {spec.meaning}")
+            raise error(f"{source}: key '{key}' is missing; expected {spec.meaning}")
     given = [key for key in KEY_SOURCES if values[key] is not None]
     if len(given) > 1:
-        raise ConfigInvalid(f"{source}: keys {', '.join(given)} are all set; expected at most one "
+        raise error(f"{source}: keys {', '.join(given)} are all set; expected at most one "
                             f"key source ({', '.join(KEY_SOURCES)})")
     if values["no_policy"] and values["learn"]:
-        raise ConfigInvalid(f"{source}: 'learn' needs a policy to compare against; "
+        raise error(f"{source}: 'learn' needs a policy to compare against; "
                             "expected no_policy = false")
     if values["no_audit"] and (values["audit_log"] or values["audit_fail_open"] or values["learn"]):
-        raise ConfigInvalid(f"{source}: 'no_audit' cannot be combined with audit_log, "
+        raise error(f"{source}: 'no_audit' cannot be combined with audit_log, "
                             "audit_fail_open or learn; expected no_audit = false")
     return config
 
@@ -170,15 +171,22 @@ def load(path: Path) -> MountConfig:
     return validate(raw, str(path), path.absolute().parent)
 
 
-def merge(config: MountConfig, overrides: dict[str, Any]) -> MountConfig:
+def merge(config: MountConfig, overrides: dict[str, Any],
+          error: type[EncfsPacsError] = ConfigInvalid) -> MountConfig:
     """Command-line options win over the file; a key source given on the command line replaces
     the file's (instead of clashing with it)."""
+    def fail(key: str, value: Any, expected: str) -> None:
+        raise error(f"{config.source}: option for '{key}' is {value!r}; expected {expected}")
+
     values = dict(config.values)
+    for key, value in overrides.items():
+        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG):
+            _check_value(key, value, Path.cwd(), fail)
     if any(overrides.get(key) is not None for key in KEY_SOURCES):
         for key in KEY_SOURCES:
             values[key] = None
     values.update({key: value for key, value in overrides.items() if value is not None})
-    return check_consistency(MountConfig(values, config.source))
+    return check_consistency(MountConfig(values, config.source), error)
 
 
 def example_text() -> str:
