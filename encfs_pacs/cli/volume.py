@@ -209,15 +209,22 @@ def default_audit_log(mountpoint: Path) -> Path:
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(path_type=Path))  # no stat: the mount may deny us
-def unmount(mountpoint: Path) -> None:
+@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)  # no stat: may deny us
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Unmount the mountpoint named in this mount configuration file (systemd ExecStop=).")
+def unmount(mountpoint: Path | None, config_file: Path | None) -> None:
     """Unmount MOUNTPOINT and wait for its daemon to finish.
 
     \b
     Example:
       encfs-pacs unmount /var/lib/orthanc/db
+      encfs-pacs unmount --config /etc/encfs-pacs/orthanc.toml
     """
     from ..fs import mount as fs_mount
 
+    if mountpoint is None and config_file is None:
+        raise UsageError("give MOUNTPOINT or --config FILE")
+    if mountpoint is None:
+        mountpoint = config_schema.load(config_file)["mountpoint"]
     fs_mount.unmount(mountpoint)
     click.echo(f"unmounted {mountpoint}")

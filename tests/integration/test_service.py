@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_foreground_notifies_ready_then_stopping(service_setup: dict[str, Path],
             # READY came after the kernel mount: the volume is usable at this moment.
             assert is_fuse_mounted(mountpoint)
             (mountpoint / "a").write_bytes(b"x")
-            run_cli("unmount", mountpoint)
+            run_cli("unmount", "--config", service_setup["config"])  # the unit's ExecStop=
             assert listener.recv(4096).decode().startswith("STOPPING=1\n")
             assert daemon.wait(timeout=60) == 0
         finally:
@@ -124,3 +125,59 @@ def test_foreground_notifies_ready_then_stopping(service_setup: dict[str, Path],
                 daemon.wait(timeout=60)
             assert daemon.stdout is not None
             daemon.stdout.close()
+
+
+# ---------------------------------------------------------------------------- the unit's capabilities
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "encfs-pacs@.service"
+
+
+def unit_capabilities() -> list[str]:
+    line = next(x for x in UNIT.read_text().splitlines() if x.startswith("CapabilityBoundingSet="))
+    return [cap.removeprefix("CAP_").lower() for cap in line.split("=", 1)[1].split()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the unit runs the daemon as root")
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+@pytest.mark.parametrize("dropped", [None, "sys_ptrace", "chown", "dac_override"])
+def test_unit_capability_set_is_enough_and_each_cap_is_needed(
+        service_setup: dict[str, Path], dropped: str | None) -> None:
+    """The daemon under exactly the unit's CapabilityBoundingSet serves another user (write,
+    chown to that user, read back through the allow-list); without CAP_SYS_PTRACE the caller
+    cannot be identified and is denied, without CAP_CHOWN the new file cannot get its owner,
+    without CAP_DAC_OVERRIDE it cannot read the caller's /proc/PID/environ (mode 0400)."""
+    caps = [cap for cap in unit_capabilities() if cap != dropped]
+    assert dropped is None or len(caps) == len(unit_capabilities()) - 1
+    # The config's policy (conftest's OPEN_POLICY) grants the test runner and uid 65534 everything.
+    mountpoint = service_setup["mountpoint"]
+    bounding = ",".join(["-all", *(f"+{cap}" for cap in caps)])
+    # The mount's root shows the backing folder's mode: open it to the other user up front (a
+    # chmod through the mount would itself need the identification under test).
+    service_setup["backing"].chmod(0o777)
+    command = ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--ambient-caps=-all",
+               sys.executable, "-m", "encfs_pacs", "mount", "--config", str(service_setup["config"])]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    daemon = json.loads(run_cli("status", mountpoint, "--json").stdout)["mounts"][0]["pid"]
+    status_line = next(x for x in Path(f"/proc/{daemon}/status").read_text().splitlines()
+                       if x.startswith("CapBnd:"))
+    assert int(status_line.split()[1], 16).bit_count() == len(caps)
+    root = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY)
+    try:
+        shell = subprocess.run(["/bin/sh", "-c", f"echo scan > /proc/self/fd/{root}/new.dcm && "
+                                                 f"cat /proc/self/fd/{root}/new.dcm"],
+                               user=65534, group=65534, extra_groups=[], pass_fds=(root,),
+                               capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        os.close(root)
+    if dropped is None:
+        assert shell.returncode == 0 and shell.stdout == "scan\n", shell.stderr
+        assert (mountpoint / "new.dcm").stat().st_uid == 65534
+    else:
+        assert shell.returncode != 0, f"still works without CAP_{dropped.upper()}: {shell.stdout}"
+        if dropped == "chown":  # the daemon's lchown to the caller is refused
+            assert "Operation not permitted" in shell.stderr
+        else:  # /proc/PID/exe (ptrace check) or /proc/PID/environ (mode 0400 of the caller)
+            log = (service_setup["config"].parent / "daemon.log").read_text()
+            assert "caller not identified" in log and "uid 65534" in log
