@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import stat
 from pathlib import Path
 
 import click
@@ -53,6 +54,9 @@ def syslog_handler(target: str) -> logging.Handler:
     if target.startswith("udp://"):
         host, _, port = target.removeprefix("udp://").rpartition(":")
         return logging.handlers.SysLogHandler(address=(host, int(port)))
+    # Python defers a failed connect to every later emit (a traceback per line): check first.
+    if not stat.S_ISSOCK(os.stat(target).st_mode):
+        raise OSError(f"{target} is not a socket")
     return logging.handlers.SysLogHandler(address=target)
 
 
