@@ -151,3 +151,10 @@ class VolumeBusy(EncfsPacsError):
     """Another maintenance command (import, passwd...) holds the volume's maintenance lock."""
 
     exit_code = 29
+
+
+class ConfigInvalid(EncfsPacsError):
+    """A mount config file (--config) that cannot be used: names file, key and expectation."""
+
+    exit_code = 30
+    errno = errno.EINVAL

@@ -1,6 +1,13 @@
-"""Where the secret that unlocks a volume comes from: a file, a keyfile or a prompt.
+"""Where the secret that unlocks a volume comes from: a file, a keyfile, a systemd
+credential or a prompt.
 
 Secrets never come from the command line itself (argv is world-readable in /proc).
+
+A systemd credential (LoadCredential=/LoadCredentialEncrypted=NAME:...) is read from
+$CREDENTIALS_DIRECTORY/NAME. Its kind is decided by size: exactly 32 bytes is a keyfile (what
+``head -c 32 /dev/urandom`` makes), anything else is a passphrase file (its first line). A
+passphrase of exactly 32 characters must therefore end with a newline in the credential
+(``echo`` adds one; ``printf %s`` does not).
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from ..store import Secret
 passphrase_file_option = click.option(
     "--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
     help="Read the passphrase from the first line of FILE (keep it mode 0600).")
+credential_option = click.option(
+    "--credential", metavar="NAME",
+    help="Read the key from the systemd credential NAME ($CREDENTIALS_DIRECTORY/NAME): "
+         "32 bytes = keyfile, otherwise a passphrase (first line).")
 keyfile_option = click.option(
     "--keyfile", type=click.Path(dir_okay=False, path_type=Path),
     help="Use a 32-byte binary keyfile instead of a passphrase.")
@@ -40,16 +51,57 @@ def _read(path: Path, what: str) -> bytes:
     return data
 
 
-def secret_from_options(passphrase_file: Path | None, keyfile: Path | None, confirm: bool) -> Secret:
-    if passphrase_file and keyfile:
-        raise KeySourceError("give either --passphrase-file or --keyfile, not both")
+KEYFILE_SIZE = 32
+
+
+def credential_path(name: str) -> Path:
+    """$CREDENTIALS_DIRECTORY/NAME, or KeySourceError saying what is missing."""
+    if not name or "/" in name or name in (".", ".."):
+        raise KeySourceError(f"credential name {name!r} is not a plain file name")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise KeySourceError(
+            f"credential {name!r} asked for, but $CREDENTIALS_DIRECTORY is not set: run the mount "
+            f"from a systemd unit with LoadCredential={name}:/path/to/secret "
+            "(or LoadCredentialEncrypted=), or use --passphrase-file/--keyfile")
+    path = Path(directory) / name
+    if not path.is_file():
+        raise KeySourceError(
+            f"credential {name!r} is not in $CREDENTIALS_DIRECTORY ({directory}): check the unit's "
+            f"LoadCredential={name}:... line (the name before the colon must be {name!r})")
+    return path
+
+
+def secret_from_credential(name: str) -> Secret:
+    """The secret in systemd credential NAME: 32 bytes = keyfile, else passphrase (first line)."""
+    path = credential_path(name)
+    # systemd makes the credentials folder private to the unit; no mode warning here.
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise KeySourceError(f"cannot read credential {name!r} ({path}): permission denied") from None
+    if len(data) == KEYFILE_SIZE:
+        return Secret("keyfile", data)
+    return _first_line(data, f"credential {name!r}")
+
+
+def _first_line(data: bytes, what: str) -> Secret:
+    first_line = data.split(b"\n", 1)[0].removesuffix(b"\r")
+    if not first_line:
+        raise KeySourceError(f"{what} is empty (the first line is used)")
+    return Secret("passphrase", first_line)
+
+
+def secret_from_options(passphrase_file: Path | None, keyfile: Path | None, confirm: bool,
+                        credential: str | None = None) -> Secret:
+    if sum(x is not None for x in (passphrase_file, keyfile, credential)) > 1:
+        raise KeySourceError("give only one of --passphrase-file, --keyfile and --credential")
+    if credential is not None:
+        return secret_from_credential(credential)
     if keyfile:
         return Secret("keyfile", _read(keyfile, "keyfile"))
     if passphrase_file:
-        first_line = _read(passphrase_file, "passphrase file").split(b"\n", 1)[0].removesuffix(b"\r")
-        if not first_line:
-            raise KeySourceError(f"passphrase file {passphrase_file} is empty (the first line is used)")
-        return Secret("passphrase", first_line)
+        return _first_line(_read(passphrase_file, "passphrase file"), f"passphrase file {passphrase_file}")
     return Secret("passphrase", _prompt(confirm))
 
 

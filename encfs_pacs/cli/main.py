@@ -21,16 +21,16 @@ def cli() -> None:
     """Transparent encryption for PACS image archives.
 
     \b
-    Operator:  init, mount, unmount, demo
+    Operator:  init, mount, unmount, status, demo
     Admin:     allow (add, grant, list, remove, check), policy (validate, suggest, simulate)
     Maintenance: import, export, fsck, passwd, recovery-key (create, check)
     """
 
 
 def _register_commands() -> None:
-    from . import allow, audit, demo, maintenance, policy, volume
+    from . import allow, audit, demo, maintenance, policy, status, volume
 
-    for command in (volume.init, volume.mount, volume.unmount, demo.demo, allow.allow,
+    for command in (volume.init, volume.mount, volume.unmount, status.status, demo.demo, allow.allow,
                     policy.policy_group, *maintenance.COMMANDS):
         cli.add_command(command)
     cli.add_command(audit.audit_group)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import stat
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
+from .. import config as config_schema
 from .. import store
 from ..access import NullAudit, open_gate
 from ..crypto import keys, volume_config
 from ..errors import UsageError
 from ..policy.loader import DEFAULT_POLICY_PATH
-from .keysource import keyfile_option, passphrase_file_option, secret_from_options
+from .keysource import credential_option, keyfile_option, passphrase_file_option, secret_from_options
 
 DEFAULT_AUDIT_DIR = Path("/var/log/encfs-pacs")
 
@@ -46,7 +49,19 @@ def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chun
     click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
 
 
-def configure_logging(log_file: Path | None, foreground: bool, verbose: bool) -> None:
+def syslog_handler(target: str) -> logging.Handler:
+    """A handler for the config's ``syslog`` key: a local socket path or udp://HOST:PORT."""
+    if target.startswith("udp://"):
+        host, _, port = target.removeprefix("udp://").rpartition(":")
+        return logging.handlers.SysLogHandler(address=(host, int(port)))
+    # Python defers a failed connect to every later emit (a traceback per line): check first.
+    if not stat.S_ISSOCK(os.stat(target).st_mode):
+        raise OSError(f"{target} is not a socket")
+    return logging.handlers.SysLogHandler(address=target)
+
+
+def configure_logging(log_file: Path | None, foreground: bool, verbose: bool,
+                      syslog: str | None = None) -> None:
     root = logging.getLogger("encfs_pacs")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.handlers.clear()
@@ -62,16 +77,66 @@ def configure_logging(log_file: Path | None, foreground: bool, verbose: bool) ->
     handler.setFormatter(logging.Formatter(
         "%(asctime)s encfs-pacs[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    if syslog is not None:
+        try:
+            extra = syslog_handler(syslog)
+        except OSError as exc:  # the daemon still logs to its main handler
+            root.warning("cannot log to syslog target %s: %s", syslog, exc)
+        else:
+            extra.setFormatter(logging.Formatter(
+                "encfs-pacs[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(extra)
+
+
+# Command-line parameter -> config key (the rest have the same name).
+_PARAM_TO_KEY = {"policy_file": "policy"}
+
+
+def _command_line_values(ctx: click.Context) -> dict[str, object]:
+    """The options the user actually typed (not click's defaults): they override the file."""
+    given = {}
+    for name, value in ctx.params.items():
+        key = _PARAM_TO_KEY.get(name, name)
+        if key in config_schema.SCHEMA and ctx.get_parameter_source(name) in (
+                ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) and value is not None:
+            given[key] = value.absolute() if isinstance(value, Path) else value
+    return given
+
+
+def resolve_mount_config(ctx: click.Context, config_file: Path | None) -> config_schema.MountConfig:
+    """The file's values (if --config), overridden by what was typed, validated as a whole."""
+    if config_file is None:
+        base = config_schema.MountConfig(config_schema.defaults(), "command line")
+        return config_schema.merge(base, _command_line_values(ctx), error=UsageError)
+    return config_schema.merge(config_schema.load(config_file), _command_line_values(ctx))
+
+
+def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.Volume:
+    source = settings.key_source()
+    if source is not None and source[0] == "recovery_key_file":
+        from ..maintenance import rekey
+
+        return rekey.open_volume(backing, rekey.OldSecret(recovery_file=source[1]))
+    return store.unlock(backing, secret_from_options(
+        settings["passphrase_file"], settings["keyfile"], confirm=False, credential=settings["credential"]))
 
 
 @click.command()
-@click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("backing", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Mount configuration file (TOML, see config/encfs-pacs.toml.example). "
+                   "BACKING, MOUNTPOINT and options given on the command line override it.")
 @passphrase_file_option
 @keyfile_option
-@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground (systemd, debugging).")
+@credential_option
+@click.option("--recovery-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Unlock with the recovery key file (share lines) instead of the passphrase.")
+@click.option("--foreground", "-f", is_flag=True,
+              help="Stay in the foreground (systemd Type=notify: READY=1 once usable).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Daemon log (default: stderr in the foreground, syslog in the background).")
+@click.option("--syslog", help='Also log to this syslog target: "/dev/log" or "udp://HOST:PORT".')
 @click.option("--verbose", "-v", is_flag=True, help="Log debug details.")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_POLICY_PATH, show_default=True,
@@ -87,10 +152,8 @@ def configure_logging(log_file: Path | None, foreground: bool, verbose: bool) ->
 @click.option("--learn", is_flag=True,
               help="Deny nothing; record every access the policy would deny "
                    "(then: encfs-pacs policy suggest).")
-def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile: Path | None,
-          foreground: bool, log_file: Path | None, verbose: bool, policy_file: Path,
-          no_policy: bool, audit_log: Path | None, no_audit: bool, audit_fail_open: bool,
-          learn: bool) -> None:
+@click.pass_context
+def mount(ctx: click.Context, config_file: Path | None, foreground: bool, **_: object) -> None:
     """Mount the volume BACKING as plaintext on MOUNTPOINT.
 
     Only processes allowed by the policy (--policy, default /etc/encfs-pacs/policy.toml) get
@@ -98,34 +161,49 @@ def mount(backing: Path, mountpoint: Path, passphrase_file: Path | None, keyfile
     ready, unless --foreground is given. SIGTERM or SIGINT to the daemon, or 'encfs-pacs
     unmount', unmounts cleanly; SIGHUP reloads the policy.
 
+    With --config FILE, BACKING, MOUNTPOINT and every option come from the file; whatever is
+    also given on the command line overrides the file (a key source given here replaces the
+    file's).
+
     \b
     Example:
       encfs-pacs allow add --policy /etc/encfs-pacs/policy.toml --exe /usr/sbin/Orthanc
       encfs-pacs mount /srv/pacs-encrypted /var/lib/orthanc/db --passphrase-file /root/pacs.pass
+      encfs-pacs mount --config /etc/encfs-pacs/orthanc.toml --foreground   # systemd
     """
-    from ..fs import mount as fs_mount  # imports the FUSE binding: only when mounting
+    settings = resolve_mount_config(ctx, config_file)
+    _mount(settings, foreground)
 
-    if no_policy and learn:
-        raise UsageError("--learn needs a policy to compare against; drop --no-policy")
-    if no_audit and (audit_log or audit_fail_open or learn):
-        raise UsageError("--no-audit cannot be combined with --audit-log, --audit-fail-open or --learn "
-                         "(learn mode reports through the audit trail)")
-    audit_path = None if no_audit else (audit_log or default_audit_log(mountpoint)).absolute()
+
+def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
+    from ..fs import mount as fs_mount  # imports the FUSE binding: only when mounting
+    from ..fs import notify
+
     # Absolute from here on: the daemon's working folder is not ours (libfuse may chdir to /).
-    backing, mountpoint = backing.absolute(), mountpoint.absolute()
+    backing, mountpoint = settings["backing"].absolute(), settings["mountpoint"].absolute()
+    audit_path = None if settings["no_audit"] else (
+        settings["audit_log"] or default_audit_log(mountpoint)).absolute()
+    log_file, verbose, syslog = settings["log_file"], settings["verbose"], settings["syslog"]
     store.read_config(backing)  # report a missing or foreign volume before asking for a secret
     fs_mount.check_mountpoint(mountpoint, backing)
     # The daemon must find the policy again on reload, whatever its working folder.
-    gate = open_gate(None if no_policy else policy_file.absolute(), NullAudit(), learn=learn)
-    volume = store.unlock(backing, secret_from_options(passphrase_file, keyfile, confirm=False))
+    gate = open_gate(None if settings["no_policy"] else settings["policy"].absolute(), NullAudit(),
+                     learn=settings["learn"])
+    volume = unlock_volume(backing, settings)
     if foreground:
-        configure_logging(log_file, foreground=True, verbose=verbose)
-        fs_mount.serve(volume, mountpoint, gate, audit_log=audit_path, audit_fail_open=audit_fail_open)
+        configure_logging(log_file, foreground=True, verbose=verbose, syslog=syslog)
+        try:
+            fs_mount.serve(volume, mountpoint, gate,
+                           on_ready=lambda: notify.ready(f"serving {backing} on {mountpoint}"),
+                           audit_log=audit_path, audit_fail_open=settings["audit_fail_open"])
+        finally:
+            # Reached once the kernel mount is gone; the audit log is sealed by now.
+            notify.stopping(f"unmounted {mountpoint}")
         return
     pid = fs_mount.mount_in_background(
         volume, mountpoint, gate, log_file,
-        lambda: configure_logging(log_file, foreground=False, verbose=verbose),
-        audit_log=audit_path, audit_fail_open=audit_fail_open)
+        lambda: configure_logging(log_file, foreground=False, verbose=verbose, syslog=syslog),
+        audit_log=audit_path, audit_fail_open=settings["audit_fail_open"])
     click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
 
 
@@ -135,15 +213,22 @@ def default_audit_log(mountpoint: Path) -> Path:
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(path_type=Path))  # no stat: the mount may deny us
-def unmount(mountpoint: Path) -> None:
+@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)  # no stat: may deny us
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Unmount the mountpoint named in this mount configuration file (systemd ExecStop=).")
+def unmount(mountpoint: Path | None, config_file: Path | None) -> None:
     """Unmount MOUNTPOINT and wait for its daemon to finish.
 
     \b
     Example:
       encfs-pacs unmount /var/lib/orthanc/db
+      encfs-pacs unmount --config /etc/encfs-pacs/orthanc.toml
     """
     from ..fs import mount as fs_mount
 
+    if mountpoint is None and config_file is None:
+        raise UsageError("give MOUNTPOINT or --config FILE")
+    if mountpoint is None:
+        mountpoint = config_schema.load(config_file)["mountpoint"]
     fs_mount.unmount(mountpoint)
     click.echo(f"unmounted {mountpoint}")

@@ -98,8 +98,11 @@ def _registry_file(mountpoint: Path) -> Path:
     return runtime_dir() / f"{name}.json"
 
 
-def _register(mountpoint: Path, volume: Volume) -> None:
-    """Record the daemon's pid for `unmount` to wait on. Best effort: never fails the mount."""
+def _register(mountpoint: Path, volume: Volume, gate: AccessGate | None = None,
+              audit_log: Path | None = None) -> None:
+    """Record the daemon's pid for `unmount` to wait on, and what is in force for `status`.
+
+    Best effort: never fails the mount."""
     directory = runtime_dir()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -110,7 +113,10 @@ def _register(mountpoint: Path, volume: Volume) -> None:
             log.warning("not recording the daemon in %s: it is not a private folder of ours", directory)
             return
         record = {"pid": os.getpid(), "mountpoint": os.path.abspath(mountpoint),
-                  "backing": str(volume.backing)}
+                  "backing": str(volume.backing),
+                  "policy": None if gate is None or gate.holder.path is None else str(gate.holder.path),
+                  "learn": bool(gate is not None and gate.learn),
+                  "audit_log": None if audit_log is None else os.path.abspath(audit_log)}
         fd = os.open(_registry_file(mountpoint), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(record) + "\n")
@@ -182,7 +188,7 @@ def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable
     def ready() -> None:
         nonlocal came_up
         came_up = True
-        _register(mountpoint, volume)
+        _register(mountpoint, volume, gate, audit_log)
         gate.audit.append(_mount_event("mount", volume, mountpoint, gate))
         if on_ready is not None:
             on_ready()
