@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuditTampered
-from .verify import iter_records
+from .verify import _Bad, _first_records, iter_records
 
 Record = dict[str, Any]
 DENIED_OUTCOMES = frozenset({"denied", "learn-denied"})
@@ -95,18 +95,32 @@ class Loaded:
 
 
 def load(paths: Iterable[Path]) -> Loaded:
-    """Every payload record of ``paths`` (any number of trails), merged by time."""
+    """Every payload record of ``paths`` (any number of trails), merged by time.
+
+    A file that is not readable as a log at all (empty, foreign, beginning cut off) is left
+    out so the other files still answer; reading stops at the first bad line of the rest.
+    """
+    good, problems = _usable(list(paths))
     records: list[Record] = []
-    problem = None
     try:
-        for record in iter_records(list(paths)):
+        for record in iter_records(good):
             records.append(record)
     except AuditTampered as exc:
-        problem = str(exc)
-    except OSError as exc:  # defensive: iter_records reports unreadable files itself
-        problem = f"cannot read {exc.filename}: {exc.strerror} (check it with: encfs-pacs audit verify)"
+        problems.append(str(exc))
     records.sort(key=lambda r: str(r.get("time", "")))  # fixed-width UTC text: text order is time order
-    return Loaded(records, problem)
+    return Loaded(records, "; ".join(problems) or None)
+
+
+def _usable(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    good, problems = [], []
+    for path in paths:
+        try:
+            _first_records([path])
+        except _Bad as bad:
+            problems.append(f"audit log {bad.problem}: file skipped (check it with: encfs-pacs audit verify)")
+        else:
+            good.append(path)
+    return good, problems
 
 
 # ---------------------------------------------------------------------------- filtering

@@ -164,13 +164,14 @@ def test_cli_query(log: Path) -> None:
 
 def test_cli_query_on_a_cut_log_warns_and_fails(log: Path) -> None:
     data = log.read_bytes()
-    log.write_bytes(data[: len(data) // 2])  # cut mid-file: a torn line that is not the active file's
+    log.write_bytes(data[: len(data) // 2])  # cut mid-line: the active file of a crashed mount looks so
     other = log.with_name("zzz.log")
     other.write_text("not an audit log\n")
     result = cli("query", log, other)
     assert result.returncode == 24
     assert "Traceback" not in result.stderr
-    assert "WARNING" in result.stderr and "audit verify" in result.stderr
+    assert "WARNING" in result.stderr and f"{other}:1" in result.stderr and "audit verify" in result.stderr
+    assert "PAT-1" in result.stdout  # the good file still answers
 
 
 # ---------------------------------------------------------------------------- reports
