@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from typing import Any
 
@@ -170,3 +171,53 @@ def to_fhir_bundle(records: Iterable[Record], observer: str) -> dict[str, Any]:
     entries = [{"fullUrl": f"urn:uuid:{uuid.UUID(hex=record['hash'][:32])}",
                 "resource": audit_event(record, observer)} for record in records]
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+# ---------------------------------------------------------------------------- DICOM / ATNA XML
+
+
+def _code(parent: ET.Element, tag: str, pair: tuple[str, str], system: str = "DCM") -> None:
+    ET.SubElement(parent, tag, {"csd-code": pair[0], "codeSystemName": system, "originalText": pair[1]})
+
+
+def atna_message(record: Record, source: str) -> str:
+    """One DICOM PS3.15 A.5 AuditMessage (the XML an ATNA audit repository receives), same
+    codes as the FHIR export."""
+    kind, subtype, action = _classify(record)
+    root = ET.Element("AuditMessage")
+    event = ET.SubElement(root, "EventIdentification", {
+        "EventActionCode": action, "EventDateTime": record["time"],
+        "EventOutcomeIndicator": _outcome(record)})
+    _code(event, "EventID", kind)
+    if subtype:
+        _code(event, "EventTypeCode", subtype)
+    for agent in _agents(record):
+        user_id = agent["who"].get("identifier", {}).get("value") or agent["who"]["display"]
+        attributes = {"UserID": str(user_id),
+                      "UserIsRequestor": "true" if agent["requestor"] else "false"}
+        if agent.get("altId"):
+            attributes["AlternativeUserID"] = str(agent["altId"])
+        if agent.get("name"):
+            attributes["UserName"] = str(agent["name"])
+        ET.SubElement(root, "ActiveParticipant", attributes)
+    ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source})
+    tags = dicom(record)
+    if tags.get("PatientID"):
+        patient = ET.SubElement(root, "ParticipantObjectIdentification", {
+            "ParticipantObjectID": str(tags["PatientID"]), "ParticipantObjectTypeCode": "1",
+            "ParticipantObjectTypeCodeRole": "1"})
+        _code(patient, "ParticipantObjectIDTypeCode", ("2", "Patient Number"), "RFC-3881")
+    if tags.get("StudyInstanceUID"):
+        study = ET.SubElement(root, "ParticipantObjectIdentification", {
+            "ParticipantObjectID": str(tags["StudyInstanceUID"]), "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "3"})
+        _code(study, "ParticipantObjectIDTypeCode", ("110180", "Study Instance UID"))
+        if tags.get("SOPInstanceUID"):
+            described = ET.SubElement(study, "ParticipantObjectDescription")
+            ET.SubElement(described, "Instance", {"UID": str(tags["SOPInstanceUID"])})
+    return ET.tostring(root, encoding="unicode")
+
+
+def to_atna(records: Iterable[Record], source: str) -> str:
+    """One AuditMessage per line (no enclosing element: each line is what syslog would carry)."""
+    return "".join(atna_message(record, source) + "\n" for record in records)

@@ -257,14 +257,16 @@ def report_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | No
 
 @audit_group.command("export", epilog=_READ_FIRST)
 @_LOGS
-@click.option("--format", "fmt", type=click.Choice(["csv", "fhir"]), required=True,
-              help="csv: one flat row per record; fhir: a FHIR R4 Bundle of AuditEvents (DICOM/ATNA codes).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "fhir", "atna"]), required=True,
+              help="csv: one flat row per record; fhir: a FHIR R4 Bundle of AuditEvents (DICOM/ATNA codes); "
+                   "atna: one DICOM AuditMessage XML per line.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
-@click.option("--observer", default=None, help="FHIR source.observer (default: encfs-pacs@<hostname>).")
+@click.option("--observer", default=None,
+              help="FHIR source.observer / ATNA AuditSourceID (default: encfs-pacs@<hostname>).")
 @click.pass_context
 def export_command(ctx: click.Context, logs: tuple[Path, ...], fmt: str, output: Path | None,
                    observer: str | None) -> None:
-    """Export every access record of LOGs (merged by time) as CSV or FHIR R4 AuditEvents.
+    """Export every access record of LOGs (merged by time): CSV, FHIR R4 AuditEvents or ATNA XML.
 
     \b
     Examples:
@@ -272,11 +274,13 @@ def export_command(ctx: click.Context, logs: tuple[Path, ...], fmt: str, output:
       encfs-pacs audit export --format fhir audit.log* > audit-events.json
     """
     loaded = _load(logs)
+    source = observer or f"encfs-pacs@{socket.gethostname()}"
     if fmt == "csv":
         text = export.to_csv(loaded.records)
+    elif fmt == "atna":
+        text = export.to_atna(loaded.records, source)
     else:
-        bundle = export.to_fhir_bundle(loaded.records, observer or f"encfs-pacs@{socket.gethostname()}")
-        text = json.dumps(bundle, ensure_ascii=False, indent=1) + "\n"
+        text = json.dumps(export.to_fhir_bundle(loaded.records, source), ensure_ascii=False, indent=1) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,48 @@ def test_cli_export(sample_log: Path, tmp_path: Path) -> None:
     assert bundle["entry"][0]["resource"]["source"]["observer"] == {"display": "pacs1"}
     as_csv = cli("export", "--format", "csv", sample_log)
     assert as_csv.returncode == 0 and as_csv.stdout.startswith("time,seq,event,")
+
+
+def check_atna_message(root: ET.Element) -> None:
+    """The elements and attributes DICOM PS3.15 A.5.1 requires of every AuditMessage."""
+    assert root.tag == "AuditMessage"
+    event = root.find("EventIdentification")
+    assert event is not None
+    assert event.get("EventActionCode") in {"C", "R", "U", "D", "E"}
+    assert event.get("EventOutcomeIndicator") in {"0", "4", "8", "12"}
+    datetime.fromisoformat(str(event.get("EventDateTime")).replace("Z", "+00:00"))
+    event_id = event.find("EventID")
+    assert event_id is not None and event_id.get("csd-code") and event_id.get("codeSystemName") == "DCM"
+    participants = root.findall("ActiveParticipant")
+    assert participants and all(p.get("UserID") and p.get("UserIsRequestor") in ("true", "false")
+                                for p in participants)
+    source = root.find("AuditSourceIdentification")
+    assert source is not None and source.get("AuditSourceID")
+
+
+def test_atna_messages(sample_log: Path) -> None:
+    records = query.load([sample_log]).records
+    lines = export.to_atna(records, "pacs1").splitlines()
+    assert len(lines) == len(records)
+    messages = [ET.fromstring(line) for line in lines]
+    for message in messages:
+        check_atna_message(message)
+    opened = messages[[r["event"] for r in records].index("open")]
+    event = opened.find("EventIdentification")
+    assert event is not None and event.get("EventActionCode") == "R"
+    objects = opened.findall("ParticipantObjectIdentification")
+    assert [(o.get("ParticipantObjectID"), o.get("ParticipantObjectTypeCode"),
+             o.get("ParticipantObjectTypeCodeRole")) for o in objects] == [
+        ("PAT-0001", "1", "1"), ("1.2.840.113619.2.1", "2", "3")]
+    instance = objects[1].find("ParticipantObjectDescription/Instance")
+    assert instance is not None and instance.get("UID") == "1.2.840.113619.2.1.1"
+    mount = messages[0].find("EventIdentification/EventTypeCode")
+    assert mount is not None and mount.get("csd-code") == "110120"
+
+
+def test_cli_export_atna(sample_log: Path) -> None:
+    result = cli("export", "--format", "atna", sample_log, "--observer", "pacs1")
+    assert result.returncode == 0, result.stderr
+    first = ET.fromstring(result.stdout.splitlines()[0])
+    source = first.find("AuditSourceIdentification")
+    assert source is not None and source.get("AuditSourceID") == "pacs1"
