@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
 from .. import store
-from ..audit import parse_public_key, read_anchor, verify
+from ..audit import export, parse_public_key, query, read_anchor, verify
 from ..errors import AuditTampered, AuditUnavailable, UsageError
 
 
@@ -92,3 +94,195 @@ def verify_command(ctx: click.Context, logs: tuple[Path, ...], anchor_text: str 
         raise AuditTampered(f"audit log not intact: {report.problem}")
     for line in lines:
         click.echo(line)
+
+
+# ---------------------------------------------------------------------------- query, report, export
+
+_READ_FIRST = ("Reads records (each line's hash is checked) but does not check signatures: run "
+               "`encfs-pacs audit verify` on the same files first.")
+_LOGS = click.argument("logs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+
+
+def _load(logs: tuple[Path, ...]) -> query.Loaded:
+    loaded = query.load(logs)
+    if loaded.problem:
+        click.echo(f"WARNING: stopped reading early, results are incomplete: {loaded.problem}", err=True)
+    return loaded
+
+
+def _finish(ctx: click.Context, loaded: query.Loaded) -> None:
+    """A damaged log still gives its answer, but not exit 0."""
+    if loaded.problem:
+        ctx.exit(AuditTampered.exit_code)
+
+
+def _when(text: str | None, end: bool = False) -> datetime | None:
+    try:
+        return query.parse_when(text, end=end) if text else None
+    except ValueError as exc:
+        raise UsageError(f"--{'until' if end else 'since'}: {exc}") from None
+
+
+def _work_hours(text: str) -> tuple[int, int]:
+    try:
+        return query.parse_work_hours(text)
+    except ValueError as exc:
+        raise UsageError(f"--work-hours {exc}") from None
+
+
+_TABLE = (("time", 19), ("user", 10), ("program", 12), ("event", 9), ("outcome", 8), ("path", 36),
+          ("patient", 12), ("study", 0))
+
+
+def _row(record: dict) -> list[str]:
+    return [str(record.get("time", ""))[:19].replace("T", " "), query.user_of(record) or "-",
+            query.program_name(record) or "-", str(record.get("event", "")), str(record.get("outcome", "")),
+            query.path_of(record) or "-", query.patient_of(record) or "-", query.study_of(record) or "-"]
+
+
+def _table(rows: list[list[str]], columns: tuple[tuple[str, int], ...]) -> None:
+    for row in [[name for name, _ in columns], *rows]:
+        click.echo("  ".join(cell.ljust(width) if width else cell
+                             for cell, (_, width) in zip(row, columns, strict=True)).rstrip())
+
+
+@audit_group.command("query", epilog=_READ_FIRST)
+@_LOGS
+@click.option("--patient", metavar="ID", help="DICOM PatientID.")
+@click.option("--study", metavar="UID", help="DICOM StudyInstanceUID.")
+@click.option("--user", metavar="U", help="User name or uid.")
+@click.option("--program", metavar="EXE", help="Executable: full path or file name.")
+@click.option("--denied", is_flag=True, help="Only refused accesses (also learn-mode would-be denials).")
+@click.option("--since", metavar="T", help="From this ISO date/time (UTC unless an offset is given).")
+@click.option("--until", metavar="T", help="Before this ISO date/time; a bare date includes that whole day.")
+@click.option("--after-hours", is_flag=True, help="Only outside working hours (local time) or on weekends.")
+@click.option("--work-hours", default="8-18", show_default=True, metavar="START-END",
+              help="Working hours for --after-hours, local time.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.pass_context
+def query_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | None, study: str | None,
+                  user: str | None, program: str | None, denied: bool, since: str | None, until: str | None,
+                  after_hours: bool, work_hours: str, as_json: bool) -> None:
+    """List the access records of LOGs that match every given filter, oldest first.
+
+    Files of several trails may be given: records are merged by time.
+
+    \b
+    Examples:
+      encfs-pacs audit query /var/log/encfs-pacs/*.jsonl* --patient PAT-0001
+      encfs-pacs audit query audit.log* --denied --since 2026-11-01 --until 2026-11-30
+      encfs-pacs audit query audit.log* --after-hours --work-hours 7-19 --json
+    """
+    wanted = query.Filter(patient=patient, study=study, user=user, program=program, denied=denied,
+                          since=_when(since), until=_when(until, end=True), after_hours=after_hours,
+                          work_hours=_work_hours(work_hours))
+    loaded = _load(logs)
+    hits = list(wanted.apply(loaded.records))
+    if as_json:
+        for record in hits:
+            click.echo(json.dumps(record, ensure_ascii=False))
+    else:
+        _table([_row(record) for record in hits], _TABLE)
+        click.echo(f"{len(hits)} of {len(loaded.records)} records", err=True)
+    _finish(ctx, loaded)
+
+
+def _counts(title: str, counts: dict[str, int]) -> None:
+    click.echo(f"  {title}:")
+    for name, count in counts.items():
+        click.echo(f"    {count:6d}  {name}")
+
+
+def _patient_report(loaded: query.Loaded, patient: str, as_json: bool) -> None:
+    records = list(query.Filter(patient=patient).apply(loaded.records))
+    summary = query.patient_summary(records)
+    if as_json:
+        report = {"patient": patient, "summary": summary, "records": records}
+        click.echo(json.dumps(report, ensure_ascii=False))
+        return
+    click.echo(f"Accesses to the images of patient {patient}")
+    click.echo(f"  {summary['records']} records from {summary['first'] or '-'} to {summary['last'] or '-'}, "
+               f"{len(summary['studies'])} studies, {summary['instances']} instances")
+    for title in ("actions", "users", "programs", "studies"):
+        _counts(title, summary[title])
+    click.echo("")
+    columns = (("time", 19), ("user", 10), ("program", 12), ("action", 7), ("outcome", 8), ("study", 28),
+               ("instance", 0))
+    _table([[str(r["time"])[:19].replace("T", " "), query.user_of(r) or "-", query.program_name(r) or "-",
+             query.action_of(r), str(r.get("outcome", "")), query.study_of(r) or "-",
+             str(query.dicom(r).get("SOPInstanceUID") or "-")] for r in records], columns)
+
+
+def _bulk_report(loaded: query.Loaded, patients: int, minutes: int, as_json: bool) -> None:
+    findings = query.bulk_access(loaded.records, patients=patients, window=timedelta(minutes=minutes))
+    if as_json:
+        click.echo(json.dumps([finding.to_dict() for finding in findings]))
+        return
+    click.echo(f"{len(findings)} bulk accesses (more than {patients} patients within {minutes} min "
+               "by one user with one program)")
+    _table([[f.first.strftime("%Y-%m-%d %H:%M:%S"), f.last.strftime("%Y-%m-%d %H:%M:%S"), f.user or "-",
+             f.program or "-", str(len(f.patients)), str(f.records)] for f in findings],
+           (("first", 19), ("last", 19), ("user", 10), ("program", 24), ("patients", 8), ("records", 0)))
+
+
+@audit_group.command("report", epilog=_READ_FIRST)
+@_LOGS
+@click.option("--patient", metavar="ID", help="Every access to this patient's images (disclosure request).")
+@click.option("--bulk", is_flag=True, help="Users/programs touching many patients in a short time.")
+@click.option("--bulk-patients", default=20, show_default=True, type=click.IntRange(min=1),
+              help="--bulk: more than this many distinct patients...")
+@click.option("--bulk-minutes", default=10, show_default=True, type=click.IntRange(min=1),
+              help="--bulk: ...within this many minutes.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+@click.pass_context
+def report_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | None, bulk: bool,
+                   bulk_patients: int, bulk_minutes: int, as_json: bool) -> None:
+    """Reports over LOGs: --patient ID (who accessed that patient's images, when, with which
+    program, what was done; summary counts first) and/or --bulk.
+
+    \b
+    Examples:
+      encfs-pacs audit report --patient PAT-0001 /var/log/encfs-pacs/*.jsonl*
+      encfs-pacs audit report --bulk --bulk-patients 50 --bulk-minutes 5 audit.log*
+    """
+    if not patient and not bulk:
+        raise UsageError("say which report: --patient ID and/or --bulk")
+    loaded = _load(logs)
+    if patient:
+        _patient_report(loaded, patient, as_json)
+    if bulk:
+        _bulk_report(loaded, bulk_patients, bulk_minutes, as_json)
+    _finish(ctx, loaded)
+
+
+@audit_group.command("export", epilog=_READ_FIRST)
+@_LOGS
+@click.option("--format", "fmt", type=click.Choice(["csv", "fhir", "atna"]), required=True,
+              help="csv: one flat row per record; fhir: a FHIR R4 Bundle of AuditEvents (DICOM/ATNA codes); "
+                   "atna: one DICOM AuditMessage XML per line.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
+@click.option("--observer", default=None,
+              help="FHIR source.observer / ATNA AuditSourceID (default: encfs-pacs@<hostname>).")
+@click.pass_context
+def export_command(ctx: click.Context, logs: tuple[Path, ...], fmt: str, output: Path | None,
+                   observer: str | None) -> None:
+    """Export every access record of LOGs (merged by time): CSV, FHIR R4 AuditEvents or ATNA XML.
+
+    \b
+    Examples:
+      encfs-pacs audit export --format csv audit.log* --output accesses.csv
+      encfs-pacs audit export --format fhir audit.log* > audit-events.json
+    """
+    loaded = _load(logs)
+    source = observer or f"encfs-pacs@{socket.gethostname()}"
+    if fmt == "csv":
+        text = export.to_csv(loaded.records)
+    elif fmt == "atna":
+        text = export.to_atna(loaded.records, source)
+    else:
+        text = json.dumps(export.to_fhir_bundle(loaded.records, source), ensure_ascii=False, indent=1) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+    _finish(ctx, loaded)
