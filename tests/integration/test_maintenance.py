@@ -140,7 +140,8 @@ def test_import_progress_on_a_terminal(volume: Path, passphrase_file: Path, tmp_
     assert code == 0, output
     files = len(sample_tree.regular_files(plain))
     assert "importing" in output and "100%" in output
-    assert f"{files}/{files} files" in output and "/s" in output
+    # (the bar is redrawn at most ten times a second, so which count is drawn last varies)
+    assert f"/{files} files" in output and "/s" in output
     assert f"imported {files - 1} file(s)" in output  # one is a hard link
 
 

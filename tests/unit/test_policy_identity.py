@@ -202,6 +202,10 @@ EXEC_AGAIN = ("import os, sys; sys.stdin.readline(); os.execv(sys.executable, "
               "[sys.executable, '-c', 'import time; time.sleep(30)', 'second-script'])")
 
 
+def _is_second_program(cmdline: bytes) -> bool:
+    return cmdline.endswith(b"\0second-script\0") and b"first-script" not in cmdline
+
+
 def test_interpreter_exec_of_another_script_is_seen(spawn: Any) -> None:
     child = spawn(sys.executable, "-c", EXEC_AGAIN, "first-script", stdin=subprocess.PIPE)
     resolver = IdentityResolver()
@@ -211,7 +215,8 @@ def test_interpreter_exec_of_another_script_is_seen(spawn: Any) -> None:
     child.stdin.flush()
     deadline = time.monotonic() + 10
     # (the first program's own code mentions 'second-script': wait for the first to be gone)
-    while b"first-script" in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+    # (during the exec the command line is briefly empty: wait for the new one itself)
+    while not _is_second_program(Path(f"/proc/{child.pid}/cmdline").read_bytes()):
         assert time.monotonic() < deadline
         time.sleep(0.01)
     second = resolver.resolve(child.pid, 0, 0)
