@@ -16,6 +16,7 @@ from .. import store
 from ..access import NullAudit, open_gate
 from ..crypto import keys, volume_config
 from ..errors import UsageError
+from ..maintenance.events import audit_event
 from ..policy.loader import DEFAULT_POLICY_PATH
 from .keysource import credential_option, keyfile_option, passphrase_file_option, secret_from_options
 
@@ -30,23 +31,41 @@ DEFAULT_AUDIT_DIR = Path("/var/log/encfs-pacs")
               help="Plaintext bytes per encrypted chunk (power of two, 4096..1048576).")
 @click.option("--scrypt-log-n", type=int, default=keys.DEFAULT_SCRYPT_LOG_N, show_default=True,
               hidden=True, help="scrypt cost as log2(N); lower only for tests and demos.")
+@click.option("--print-recovery-key", is_flag=True,
+              help="Also print a recovery key (the master key as typeable lines) for the safe.")
+@click.option("--shares", type=click.IntRange(1, 255), default=1, show_default=True,
+              help="With --print-recovery-key: split it among N key holders.")
+@click.option("--threshold", type=click.IntRange(1, 255), default=None,
+              help="With --print-recovery-key: any M shares recover the key (default: all N).")
 def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chunk_size: int,
-         scrypt_log_n: int) -> None:
+         scrypt_log_n: int, print_recovery_key: bool, shares: int, threshold: int | None) -> None:
     """Create a new encrypted volume in the empty folder BACKING.
 
     \b
     Example:
       encfs-pacs init /srv/pacs-encrypted --passphrase-file /root/pacs.pass
+      encfs-pacs init /srv/pacs-encrypted --print-recovery-key --shares 5 --threshold 3
     """
+    from ..audit import create_anchor
+    from ..maintenance import rekey
+    from .maintenance import echo_recovery_key
+
+    if not print_recovery_key and (shares != 1 or threshold is not None):
+        raise UsageError("--shares and --threshold go with --print-recovery-key")
+    needed = shares if threshold is None else threshold
+    if not needed <= shares or (needed == 1 and shares > 1):  # before anything is created
+        raise UsageError("give --threshold between 2 and --shares (or --shares 1 for a single key)")
     secret = secret_from_options(passphrase_file, keyfile, confirm=True)
     config = store.create_volume(backing, secret, chunk_size=chunk_size, scrypt_log_n=scrypt_log_n)
-    from ..audit import create_anchor
-
     anchor = create_anchor(backing, store.unlock(backing, secret).master_key)
     click.echo(f"created volume in {backing} (key ID {config.key_id.hex()}, "
                f"{config.chunk_size // 1024} KiB chunks)")
     click.echo(f"audit anchor (public key for 'encfs-pacs audit verify --anchor'): {anchor.hex()}")
     click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
+    if print_recovery_key:
+        _, made, event = rekey.create_recovery_key(backing, rekey.OldSecret(secret), shares, needed)
+        audit_event(event)
+        echo_recovery_key(backing, config.key_id, made, needed)
 
 
 def syslog_handler(target: str) -> logging.Handler:

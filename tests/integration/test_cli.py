@@ -288,3 +288,22 @@ def test_demo_runs_and_cleans_up() -> None:
     assert "found in 0 files" in result.stdout
     work = result.stdout.split("Creating a throw-away encrypted volume in ", 1)[1].split("/backing")[0]
     assert not Path(work).exists()
+
+
+def test_init_prints_a_recovery_key_split_among_key_holders(tmp_path: Path, secret: Path) -> None:
+    result = cli("init", tmp_path / "rb", "--passphrase-file", secret, "--scrypt-log-n", "10",
+                 "--print-recovery-key", "--shares", "3", "--threshold", "2")
+    assert result.returncode == 0, result.stderr
+    shares = [line for line in result.stdout.splitlines() if line.startswith("encfs-pacs-recovery-")]
+    assert len(shares) == 3 and "KEEP IT IN A SAFE" in result.stdout
+    two = tmp_path / "two-shares.txt"
+    two.write_text("\n".join(shares[1:]) + "\n")
+    two.chmod(0o600)
+    assert cli("recovery-key", "check", tmp_path / "rb", "--recovery-key-file", two).returncode == 0
+    one = tmp_path / "one-share.txt"
+    one.write_text(shares[0] + "\n")
+    one.chmod(0o600)
+    assert_clean_error(cli("recovery-key", "check", tmp_path / "rb", "--recovery-key-file", one), 27)
+    assert_clean_error(cli("init", tmp_path / "rc", "--passphrase-file", secret, "--print-recovery-key",
+                           "--shares", "2", "--threshold", "3"), 2, "--threshold")
+    assert not (tmp_path / "rc").exists()
