@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import durable
 from .crypto import keys, volume_config
 from .crypto.chunks import HEADER_BYTES, FileCipher, Layout, decode_header, encode_header, new_file_id
 from .crypto.volume_config import KDF_KEYFILE, KDF_SCRYPT, VolumeConfig
@@ -70,25 +71,13 @@ def config_path(backing: Path) -> Path:
 
 
 def _write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write-temp, fsync, rename, fsync-dir: after a crash the old or the new file exists, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """durable.write_file_atomically, the folder synced through this module's name (tests
+    simulate a crash between the rename and the folder sync by replacing it)."""
+    durable.write_file_atomically(path, data, mode, sync_folder=False)
     _fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = durable.fsync_dir
 
 
 def _wrapping_key(secret: Secret, config: VolumeConfig) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..crypto.keys import audit_key_store_key
+from ..durable import write_file_atomically as write_atomically
 from ..errors import AuditUnavailable
 from .records import utc_text
 
@@ -153,30 +153,6 @@ class KeyStore:
 
     def save(self) -> None:
         write_atomically(self.path, self.to_json())
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write-temp, fsync, rename, fsync-dir: after a crash the old or the new file exists."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_key_store(backing: Path) -> KeyStore | None:

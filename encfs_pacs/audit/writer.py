@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..crypto.keys import audit_key_store_key
+from ..durable import fsync_dir
 from ..errors import AuditUnavailable
 from .canonical import check_payload
 from .chain import Chainer, Stamp
@@ -40,7 +41,6 @@ from .signing import (
     KeyGen,
     KeyStore,
     create_key_store,
-    fsync_dir,
     key_store_path,
     load_key_store,
     random_seed,

@@ -19,6 +19,7 @@ from typing import Any
 
 import tomlkit
 
+from ..durable import write_file_atomically
 from ..errors import PolicyInvalid
 from .loader import POLICY_VERSION, parse_policy
 from .model import Policy
@@ -56,23 +57,7 @@ def _read_document(path: Path) -> tomlkit.TOMLDocument:
 def _write(path: Path, document: tomlkit.TOMLDocument) -> Policy:
     text = tomlkit.dumps(document)
     policy = parse_policy(text, str(path))  # never write a policy the mount would reject
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_file_atomically(path, text.encode("utf-8"))
     return policy
 
 

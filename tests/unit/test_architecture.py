@@ -89,11 +89,12 @@ def violations(module: str, imported: set[str]) -> list[str]:
         # errors alone (no policy engine, no volume, no access gate).
         if _within(module, "encfs_pacs.audit") and _top(name) == "encfs_pacs" and not (
                 name == "encfs_pacs" or any(_within(name, f"encfs_pacs.{p}") for p in AUDIT_MAY_USE)):
-            bad.append(f"{module} imports {name}: audit may use only audit, crypto and errors")
+            bad.append(f"{module} imports {name}: audit may use only audit, crypto and errors "
+                       "(and durable, for crash-safe writes)")
     return bad
 
 
-AUDIT_MAY_USE = ("audit", "crypto", "errors")
+AUDIT_MAY_USE = ("audit", "crypto", "errors", "durable")
 
 
 def test_the_scan_sees_the_package() -> None:
