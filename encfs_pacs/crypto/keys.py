@@ -50,6 +50,11 @@ def new_master_key() -> bytes:
     return secrets.token_bytes(MASTER_KEY_BYTES)
 
 
+def new_wrapping_key() -> bytes:
+    """A random wrapping key, for a key service to seal (it is the keyfile of such a volume)."""
+    return secrets.token_bytes(32)
+
+
 def wrapping_key_from_passphrase(passphrase: bytes, params: ScryptParams) -> bytes:
     if not passphrase:
         raise KeySourceError("the passphrase is empty: choose a non-empty passphrase")
