@@ -26,8 +26,8 @@ CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
 SYSLOG_UDP = re.compile(r"^udp://(?P<host>[A-Za-z0-9_.:-]+):(?P<port>[0-9]{1,5})$")
 
 # The kinds a key can have: what the TOML value must be and how the message names it.
-PATH, BOOL, NAME, SYSLOG = "path", "bool", "credential name", "syslog target"
-KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "recovery_key_file")
+PATH, BOOL, NAME, SYSLOG, KMS = "path", "bool", "credential name", "syslog target", "key service URI"
+KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "kms", "recovery_key_file")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ SCHEMA: dict[str, Key] = {
     "credential": Key(NAME, None, "key source: systemd credential name, read from "
                       "$CREDENTIALS_DIRECTORY/NAME (exactly 32 bytes = keyfile, else passphrase)",
                       example='"encfs-pacs.key"'),
+    "kms": Key(KMS, None, "key source: key service holding the volume's key (HSM or KMIP server) with "
+               "this host's credentials as files; the volume records the key itself, see "
+               "docs/key-services.md",
+               example='"pkcs11:?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/encfs-pacs/hsm.pin"'),
     "recovery_key_file": Key(PATH, None, "key source: recovery key file (share lines from "
                              "'encfs-pacs recovery-key create'), for a lost passphrase",
                              example='"/root/recovery.txt"'),
@@ -95,7 +99,9 @@ def defaults() -> dict[str, Any]:
 def _expected(spec: Key) -> str:
     return {PATH: "a path (string)", BOOL: "true or false",
             NAME: "a credential name (letters, digits, _ . @ -; no slash)",
-            SYSLOG: 'an absolute socket path like "/dev/log" or "udp://HOST:PORT"'}[spec.kind]
+            SYSLOG: 'an absolute socket path like "/dev/log" or "udp://HOST:PORT"',
+            KMS: 'a "pkcs11:..." or "kmip://..." URI with absolute file paths (docs/key-services.md)',
+            }[spec.kind]
 
 
 def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
@@ -112,6 +118,14 @@ def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
     if spec.kind == NAME:
         if not CREDENTIAL_NAME.match(value) or value in (".", ".."):
             fail(key, value, _expected(spec))
+        return value
+    if spec.kind == KMS:
+        from .keyservice import parse_uri
+
+        try:
+            parse_uri(value)
+        except EncfsPacsError as exc:
+            fail(key, value, f"{_expected(spec)}: {exc}")
         return value
     match = SYSLOG_UDP.match(value)
     if not (value.startswith("/") or (match and 0 < int(match["port"]) < 65536)):
@@ -180,7 +194,7 @@ def merge(config: MountConfig, overrides: dict[str, Any],
 
     values = dict(config.values)
     for key, value in overrides.items():
-        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG):
+        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, KMS):
             _check_value(key, value, Path.cwd(), fail)
     if any(overrides.get(key) is not None for key in KEY_SOURCES):
         for key in KEY_SOURCES:
@@ -196,7 +210,7 @@ def example_text() -> str:
         "# Used by: encfs-pacs mount --config FILE   (systemd: encfs-pacs@NAME.service)",
         "# Command-line options override the values here. Relative paths are relative to the",
         "# folder of this file. Generated from encfs_pacs/config.py SCHEMA; a test keeps it in sync.",
-        "# Key sources: give at most one of passphrase_file, keyfile, credential, recovery_key_file",
+        "# Key sources: give at most one of passphrase_file, keyfile, credential, kms, recovery_key_file",
         "# (none: the passphrase is asked on the terminal).",
         "",
     ]

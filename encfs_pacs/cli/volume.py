@@ -18,7 +18,13 @@ from ..crypto import keys, volume_config
 from ..errors import UsageError
 from ..maintenance.events import audit_event
 from ..policy.loader import DEFAULT_POLICY_PATH
-from .keysource import credential_option, keyfile_option, passphrase_file_option, secret_from_options
+from .keysource import (
+    credential_option,
+    keyfile_option,
+    kms_option,
+    passphrase_file_option,
+    secret_from_options,
+)
 
 DEFAULT_AUDIT_DIR = Path("/var/log/encfs-pacs")
 
@@ -27,6 +33,7 @@ DEFAULT_AUDIT_DIR = Path("/var/log/encfs-pacs")
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @click.option("--chunk-size", type=int, default=volume_config.DEFAULT_CHUNK_SIZE, show_default=True,
               help="Plaintext bytes per encrypted chunk (power of two, 4096..1048576).")
 @click.option("--scrypt-log-n", type=int, default=keys.DEFAULT_SCRYPT_LOG_N, show_default=True,
@@ -37,7 +44,7 @@ DEFAULT_AUDIT_DIR = Path("/var/log/encfs-pacs")
               help="With --print-recovery-key: split it among N key holders.")
 @click.option("--threshold", type=click.IntRange(1, 255), default=None,
               help="With --print-recovery-key: any M shares recover the key (default: all N).")
-def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chunk_size: int,
+def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, kms: str | None, chunk_size: int,
          scrypt_log_n: int, print_recovery_key: bool, shares: int, threshold: int | None) -> None:
     """Create a new encrypted volume in the empty folder BACKING.
 
@@ -45,6 +52,8 @@ def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chun
     Example:
       encfs-pacs init /srv/pacs-encrypted --passphrase-file /root/pacs.pass
       encfs-pacs init /srv/pacs-encrypted --print-recovery-key --shares 5 --threshold 3
+      encfs-pacs init /srv/pacs-encrypted --print-recovery-key --kms \\
+        'pkcs11:token=pacs;object=pacs-volume?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/encfs-pacs/hsm.pin'
     """
     from ..audit import create_anchor
     from ..maintenance import rekey
@@ -55,13 +64,17 @@ def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chun
     needed = shares if threshold is None else threshold
     if not needed <= shares or (needed == 1 and shares > 1):  # before anything is created
         raise UsageError("give --threshold between 2 and --shares (or --shares 1 for a single key)")
-    secret = secret_from_options(passphrase_file, keyfile, confirm=True)
+    secret = secret_from_options(passphrase_file, keyfile, confirm=True, kms=kms)
     config = store.create_volume(backing, secret, chunk_size=chunk_size, scrypt_log_n=scrypt_log_n)
     anchor = create_anchor(backing, store.unlock(backing, secret).master_key)
     click.echo(f"created volume in {backing} (key ID {config.key_id.hex()}, "
                f"{config.chunk_size // 1024} KiB chunks)")
     click.echo(f"audit anchor (public key for 'encfs-pacs audit verify --anchor'): {anchor.hex()}")
-    click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
+    if secret.service is not None:
+        click.echo(f"the volume's key is sealed by {secret.service!r}: without that key (or a recovery "
+                   "key) the images cannot be decrypted; back it up by the service's own procedure")
+    else:
+        click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
     if print_recovery_key:
         _, made, event = rekey.create_recovery_key(backing, rekey.OldSecret(secret), shares, needed)
         audit_event(event)
@@ -137,7 +150,8 @@ def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.V
 
         return rekey.open_volume(backing, rekey.OldSecret(recovery_file=source[1]))
     return store.unlock(backing, secret_from_options(
-        settings["passphrase_file"], settings["keyfile"], confirm=False, credential=settings["credential"]))
+        settings["passphrase_file"], settings["keyfile"], confirm=False, credential=settings["credential"],
+        kms=settings["kms"], volume=store.read_config(backing)))
 
 
 @click.command()
@@ -149,6 +163,7 @@ def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.V
 @passphrase_file_option
 @keyfile_option
 @credential_option
+@kms_option
 @click.option("--recovery-key-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Unlock with the recovery key file (share lines) instead of the passphrase.")
 @click.option("--foreground", "-f", is_flag=True,
