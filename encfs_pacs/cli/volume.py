@@ -71,8 +71,8 @@ def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, kms:
                f"{config.chunk_size // 1024} KiB chunks)")
     click.echo(f"audit anchor (public key for 'encfs-pacs audit verify --anchor'): {anchor.hex()}")
     if secret.service is not None:
-        click.echo(f"the volume's key is sealed by {secret.service!r}: without that key (or a recovery "
-                   "key) the images cannot be decrypted; back it up by the service's own procedure")
+        click.echo(f"the volume's key is sealed by {secret.service}: without that key (or a recovery "
+                   "key) the images cannot be decrypted; back it up by the key service's own procedure")
     else:
         click.echo("keep the passphrase or keyfile safe: without it the images cannot be decrypted")
     if print_recovery_key:

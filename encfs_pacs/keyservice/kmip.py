@@ -43,6 +43,9 @@ class KmipService:
     def __repr__(self) -> str:
         return f"KmipService(host={self._host!r}, port={self._port}, key_uid={self._uid!r})"
 
+    def __str__(self) -> str:
+        return f"the key {self._uid!r} on KMIP server {self._host}:{self._port}"
+
     def seal(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
         iv = secrets.token_bytes(IV_BYTES)
         with self._client("seal the volume's wrapping key") as (client, params):

@@ -36,6 +36,9 @@ class Pkcs11Service:
     def __repr__(self) -> str:  # the PIN stays out of tracebacks
         return f"Pkcs11Service(module={self._module!r}, token={self._token!r}, key_label={self._label!r})"
 
+    def __str__(self) -> str:
+        return f"the AES key {self._label!r} in PKCS#11 token {self._token!r}"
+
     def seal(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
         iv = secrets.token_bytes(IV_BYTES)
         with self._key("seal the volume's wrapping key") as (key, params):
