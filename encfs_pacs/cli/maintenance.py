@@ -31,7 +31,13 @@ from ..maintenance import exporter, importer, rekey
 from ..maintenance import fsck as fsck_mod
 from ..maintenance.events import audit_event, make_event
 from ..maintenance.tree import Summary
-from .keysource import keyfile_option, passphrase_file_option, secret_from_options
+from .keysource import (
+    keyfile_option,
+    kms_option,
+    passphrase_file_option,
+    secret_from_kms,
+    secret_from_options,
+)
 
 recovery_key_file_option = click.option(
     "--recovery-key-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -56,24 +62,30 @@ def _prompt(label: str, confirm_label: str | None = None) -> bytes:
 
 
 def current_secret(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                   recovery_key_file: Path | None) -> rekey.OldSecret:
+                   recovery_key_file: Path | None, kms: str | None = None) -> rekey.OldSecret:
     """What unlocks the volume now: exactly one of the options, or a passphrase prompt."""
-    if sum(x is not None for x in (passphrase_file, keyfile, recovery_key_file)) > 1:
-        raise KeySourceError("give only one of --passphrase-file, --keyfile and --recovery-key-file")
+    if sum(x is not None for x in (passphrase_file, keyfile, recovery_key_file, kms)) > 1:
+        raise KeySourceError("give only one of --passphrase-file, --keyfile, --kms and --recovery-key-file")
     if recovery_key_file is not None:
         return rekey.OldSecret(recovery_file=recovery_key_file)
-    if passphrase_file is not None or keyfile is not None:
-        return rekey.OldSecret(secret_from_options(passphrase_file, keyfile, confirm=False))
-    if store.read_config(backing).kdf == KDF_KEYFILE:
+    config = store.read_config(backing)
+    if passphrase_file is not None or keyfile is not None or kms is not None:
+        return rekey.OldSecret(secret_from_options(passphrase_file, keyfile, confirm=False, kms=kms,
+                                                   volume=config))
+    if config.service is not None:
+        raise KeySourceError(f"this volume's key is in a {config.kdf} key service: give --kms URI "
+                             "(see docs/key-services.md) or --recovery-key-file FILE")
+    if config.kdf == KDF_KEYFILE:
         raise KeySourceError("this volume is unlocked with a keyfile: give --keyfile FILE "
                              "(or --recovery-key-file FILE)")
     return rekey.OldSecret(store.Secret("passphrase", _prompt("Current passphrase: ")))
 
 
 def unlock(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-           recovery_key_file: Path | None) -> store.Volume:
+           recovery_key_file: Path | None, kms: str | None = None) -> store.Volume:
     store.read_config(backing)  # a missing or foreign volume is reported before any prompt
-    return rekey.open_volume(backing, current_secret(backing, passphrase_file, keyfile, recovery_key_file))
+    old = current_secret(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    return rekey.open_volume(backing, old)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -143,16 +155,20 @@ def progress_for(label: str, json_output: bool) -> TerminalProgress | None:
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The new passphrase: first line of FILE.")
 @click.option("--new-keyfile", type=click.Path(dir_okay=False, path_type=Path),
               help="Unlock with this 32-byte keyfile from now on.")
+@click.option("--new-kms", metavar="URI",
+              help="Have this key service (HSM or KMIP server) seal the key from now on "
+                   "(URI as for init --kms).")
 @click.option("--scrypt-log-n", type=int, default=keys.DEFAULT_SCRYPT_LOG_N, show_default=True,
               hidden=True, help="scrypt cost for a new passphrase; lower only for tests.")
-def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
+def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None, kms: str | None,
            recovery_key_file: Path | None, new_passphrase_file: Path | None, new_keyfile: Path | None,
-           scrypt_log_n: int) -> None:
+           new_kms: str | None, scrypt_log_n: int) -> None:
     """Change the passphrase or keyfile of the volume BACKING.
 
     Only the wrapping of the master key changes (new salt): no image is re-encrypted, the
@@ -164,10 +180,15 @@ def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
     Examples:
       encfs-pacs passwd /srv/pacs-encrypted --passphrase-file old.pass --new-passphrase-file new.pass
       encfs-pacs passwd /srv/pacs-encrypted --recovery-key-file shares.txt   # lost passphrase
+      encfs-pacs passwd /srv/pacs-encrypted --passphrase-file old.pass --new-kms 'pkcs11:...'
     """
     store.read_config(backing)
-    old = current_secret(backing, passphrase_file, keyfile, recovery_key_file)
-    if new_passphrase_file is not None or new_keyfile is not None:
+    old = current_secret(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    if new_kms is not None:
+        if new_passphrase_file is not None or new_keyfile is not None:
+            raise KeySourceError("give only one of --new-passphrase-file, --new-keyfile and --new-kms")
+        new = secret_from_kms(new_kms, None)  # the URI names the key: it may differ from the old one
+    elif new_passphrase_file is not None or new_keyfile is not None:
         new = secret_from_options(new_passphrase_file, new_keyfile, confirm=False)
     else:
         new = store.Secret("passphrase", _prompt("New passphrase: ", "Repeat new passphrase: "))
@@ -178,7 +199,9 @@ def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
                                unlocked_with=old.kind, reason=str(exc)))
         raise
     audit_event(event)
-    click.echo(f"changed the {'keyfile' if new.kind == 'keyfile' else 'passphrase'} of {backing} "
+    what = f"key service ({new.service})" if new.service is not None else (
+        "keyfile" if new.kind == "keyfile" else "passphrase")
+    click.echo(f"changed the {what} of {backing} "
                f"(key ID {event['key_id']}); no data was re-encrypted")
     click.echo("old copies of .encfs-pacs/volume.json (in backups) still open with the old secret")
 
@@ -195,11 +218,12 @@ def recovery_key_group() -> None:
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @click.option("--shares", type=click.IntRange(1, 255), default=1, show_default=True,
               help="Split the key into N shares, one per key holder.")
 @click.option("--threshold", type=click.IntRange(1, 255), default=None,
               help="Any M shares recover the key; fewer reveal nothing (default: all N).")
-def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
+def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Path | None, kms: str | None,
                         shares: int, threshold: int | None) -> None:
     """Print a recovery key for BACKING: the master key as typeable lines.
 
@@ -214,7 +238,7 @@ def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Pa
       encfs-pacs recovery-key create /srv/pacs-encrypted --shares 5 --threshold 3
     """
     store.read_config(backing)
-    old = current_secret(backing, passphrase_file, keyfile, None)
+    old = current_secret(backing, passphrase_file, keyfile, None, kms)
     threshold = shares if threshold is None else threshold
     config, made, event = rekey.create_recovery_key(backing, old, shares, threshold)
     audit_event(event)
@@ -300,6 +324,7 @@ def _finish_transfer(summary: Summary, what: str, backing: Path, event: str, **f
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--remove-source", is_flag=True,
               help="Delete each source file once its encrypted copy is verified and synced.")
@@ -307,8 +332,8 @@ def _finish_transfer(summary: Summary, what: str, backing: Path, event: str, **f
               help="Re-import files whose copy in the volume differs in size or modification time.")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
 def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                   recovery_key_file: Path | None, remove_source: bool, replace_changed: bool,
-                   json_output: bool) -> None:
+                   kms: str | None, recovery_key_file: Path | None, remove_source: bool,
+                   replace_changed: bool, json_output: bool) -> None:
     """Encrypt the plain folder PLAIN_DIR into the volume BACKING (made by 'encfs-pacs init').
 
     Every file is encrypted to a hidden staging name, synced, decrypted again and compared
@@ -322,7 +347,7 @@ def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None,
       encfs-pacs init /srv/pacs-encrypted --passphrase-file /root/pacs.pass
       encfs-pacs import /var/lib/orthanc/db /srv/pacs-encrypted --passphrase-file /root/pacs.pass
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
+    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     summary = importer.import_tree(plain_dir, volume, remove_source=remove_source,
                                    replace_changed=replace_changed,
                                    progress=progress_for("importing", json_output))
@@ -336,11 +361,12 @@ def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None,
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted export into DEST.")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
 def export_command(backing: Path, dest: Path, passphrase_file: Path | None, keyfile: Path | None,
-                   recovery_key_file: Path | None, resume: bool, json_output: bool) -> None:
+                   kms: str | None, recovery_key_file: Path | None, resume: bool, json_output: bool) -> None:
     """Decrypt the volume BACKING into the plain folder DEST (which must be empty).
 
     DEST then holds every image in PLAINTEXT: protect it accordingly. Files that fail
@@ -350,7 +376,7 @@ def export_command(backing: Path, dest: Path, passphrase_file: Path | None, keyf
     Example:
       encfs-pacs export /srv/pacs-encrypted /mnt/migration/pacs --passphrase-file /root/pacs.pass
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
+    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     summary = exporter.export_volume(volume, dest, resume=resume,
                                      progress=progress_for("exporting", json_output))
     _print_summary(summary, "exported", json_output)
@@ -382,13 +408,15 @@ def _print_fsck(result: fsck_mod.FsckResult) -> None:
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--json", "json_output", is_flag=True, help="Print the report as JSON.")
 @click.option("--quarantine", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MOVE each damaged file out of the volume into DIR (ciphertext kept, with a report "
                    "of the lost chunks), so the PACS sees it missing instead of read errors.")
 def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                 recovery_key_file: Path | None, json_output: bool, quarantine: Path | None) -> None:
+                 kms: str | None, recovery_key_file: Path | None, json_output: bool,
+                 quarantine: Path | None) -> None:
     """Read and authenticate every chunk of every file in BACKING; change nothing.
 
     Exit 0: every file is intact (leftovers such as staging files of an interrupted import
@@ -400,7 +428,7 @@ def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | No
     Example:
       encfs-pacs fsck /srv/pacs-encrypted --passphrase-file /root/pacs.pass --json
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
+    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     progress = progress_for("checking", json_output)
     moved: list[str] = []
     if quarantine is None:

@@ -7,6 +7,7 @@ python-pkcs11 as an HSM officer would with the vendor's tool.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -200,3 +201,30 @@ def test_config_file_and_a_running_mount_outlives_the_hsm(backing: Path, mountpo
     finally:
         if is_fuse_mounted(mountpoint):
             run_cli("unmount", mountpoint, check=False)
+
+
+def test_passwd_moves_a_passphrase_volume_into_the_hsm_and_maintenance_uses_it(
+        tmp_path: Path, mountpoint: Path, hsm: Hsm) -> None:
+    passphrase = tmp_path / "old.pass"
+    passphrase.write_text("an old passphrase\n")
+    passphrase.chmod(0o600)
+    backing = tmp_path / "backing"
+    run_cli("init", backing, "--passphrase-file", passphrase, "--scrypt-log-n", "10")
+    before = json.loads((backing / ".encfs-pacs" / "volume.json").read_text())
+    result = run_cli("passwd", backing, "--passphrase-file", passphrase, "--new-kms", hsm.uri(),
+                     "--scrypt-log-n", "10")
+    assert "key service" in result.stdout
+    after = json.loads((backing / ".encfs-pacs" / "volume.json").read_text())
+    assert after["kdf"]["algorithm"] == "pkcs11" and after["key_id"] == before["key_id"]  # no re-encryption
+    assert_clean_error(run_cli("mount", backing, mountpoint, "--passphrase-file", passphrase, "--no-policy",
+                               "--no-audit", check=False), 2, "pkcs11 key service")
+    fsck = run_cli("fsck", backing, "--kms", hsm.mount_uri(), "--json")
+    assert fsck.returncode == 0
+    shares = run_cli("recovery-key", "create", backing, "--kms", hsm.mount_uri()).stdout
+    assert "RECOVERY KEY" in shares
+    recovery = tmp_path / "recovery.txt"
+    recovery.write_text(shares)
+    recovery.chmod(0o600)
+    hsm.delete_key()  # the HSM key is lost: the recovery key still opens the volume
+    run_cli("recovery-key", "check", backing, "--recovery-key-file", recovery)
+    assert_clean_error(run_cli("fsck", backing, "--kms", hsm.mount_uri(), check=False), 32, "no AES key")
