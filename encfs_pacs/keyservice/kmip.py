@@ -9,12 +9,16 @@ foreign ciphertext fails there. A revoked, deactivated or destroyed key is refus
 server itself (KMIP allows Encrypt/Decrypt on Active keys only).
 
 TLS with a client certificate (mutual TLS), as KMIP requires; the server is checked against
-the given CA. Connection timeout: 10 s, so an unreachable server fails the mount promptly.
+the given CA *and* must name the host in its certificate (PyKMIP's client checks only the CA:
+any certificate of that CA, such as another host's client certificate, would pass, and at
+init an impostor could then learn the wrapping key). Connection timeout: 10 s, so an
+unreachable server fails the mount promptly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import secrets
 import ssl
@@ -22,6 +26,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from cryptography import x509
 
 from ..crypto.volume_config import KDF_KMIP
 from ..errors import KeyServiceError, KeyServiceUnreachable
@@ -80,6 +86,7 @@ class KmipService:
                   "padding_method": enums.PaddingMethod.PKCS5}
         _open(client, where)
         try:
+            _check_server_name(client.proxy.socket.getpeercert(binary_form=True), self._host, where)
             yield client, params
         except KmipOperationFailure as exc:
             raise _refusal(exc, enums, where, self._uid, purpose) from None
@@ -106,6 +113,31 @@ def _open(client: Any, where: str) -> None:
         raise KeyServiceUnreachable(f"cannot reach {where}: {exc.strerror or exc}") from None
     except Exception as exc:  # noqa: BLE001 - PyKMIP wraps connect failures in its own types
         raise KeyServiceUnreachable(f"cannot reach {where}: {exc}") from None
+
+
+def _names_host(certificate: x509.Certificate, host: str) -> bool:
+    """RFC 6125 in short: the subjectAltName's IP addresses or DNS names (one leading "*."
+    label allowed); the common name is not used, as browsers and Python no longer do."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return ipaddress.ip_address(host) in names.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        pass  # a host name, not an address
+    host = host.lower().rstrip(".")
+    for name in names.get_values_for_type(x509.DNSName):
+        name = name.lower().rstrip(".")
+        if name == host or (name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]):
+            return True
+    return False
+
+
+def _check_server_name(der: bytes | None, host: str, where: str) -> None:
+    if der is None or not _names_host(x509.load_der_x509_certificate(der), host):
+        raise KeyServiceError(f"{where} presented a certificate of the right CA that does not name "
+                              f"{host!r} (subjectAltName): connect by a name or address it carries")
 
 
 def _refusal(exc: Any, enums: Any, where: str, uid: str, purpose: str) -> KeyServiceError:

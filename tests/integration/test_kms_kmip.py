@@ -69,13 +69,14 @@ def _write(path: Path, item: Any) -> Path:
     return path
 
 
-def make_pki(folder: Path, ca_name: str = "hospital test CA") -> dict[str, Path]:
-    """A CA with a server certificate for 127.0.0.1 and a client certificate for this host."""
+def make_pki(folder: Path, ca_name: str = "hospital test CA",
+             server_ip: str = "127.0.0.1") -> dict[str, Path]:
+    """A CA with a server certificate for ``server_ip`` and a client certificate for this host."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, server_key, client_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     ca = _issue(ca_name, ca_key, ca_name, ca_key, ca=True)
-    server = _issue("127.0.0.1", server_key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.SERVER_AUTH],
-                    ip="127.0.0.1")
+    server = _issue("kmip test server", server_key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.SERVER_AUTH],
+                    ip=server_ip)
     client = _issue("encfs-pacs-acq", client_key, ca_name, ca_key, usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
     return {"ca": _write(folder / "ca.pem", ca), "server_cert": _write(folder / "server.crt", server),
             "server_key": _write(folder / "server.key", server_key),
@@ -178,8 +179,13 @@ class KmipServer:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[KmipServer]:
-    folder = tmp_path / "kmip"
-    made = KmipServer(folder, make_pki(folder / "pki"), _free_port())
+    with _running(tmp_path / "kmip", make_pki(tmp_path / "kmip" / "pki")) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def _running(folder: Path, pki: dict[str, Path]) -> Iterator[KmipServer]:
+    made = KmipServer(folder, pki, _free_port())
     try:
         made.start()
         yield made
@@ -277,3 +283,13 @@ def test_init_with_an_unknown_key_creates_nothing(server: KmipServer, tmp_path: 
     result = run_cli("init", tmp_path / "new", "--kms", server.uri("999"), check=False)
     assert_clean_error(result, 32, "no key '999'")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_server_certificate_for_another_name_is_refused(tmp_path: Path) -> None:
+    """Signed by the right CA but naming another address (as any certificate of that CA could):
+    not the KMIP server we asked for, so init sends it nothing to seal."""
+    pki = make_pki(tmp_path / "kmip" / "pki", server_ip="127.0.0.2")
+    with _running(tmp_path / "kmip", pki) as server:
+        result = run_cli("init", tmp_path / "new", "--kms", server.uri("1"), check=False)
+        assert_clean_error(result, 32, "does not name '127.0.0.1'")
+        assert not (tmp_path / "new").exists()
