@@ -131,7 +131,7 @@ def resolve(spec: ServiceSpec, config: VolumeConfig | None) -> dict[str, str | i
                              f"in the URI; expected {URI_FORMS}")
         return dict(spec.reference)
     if config.service is None or config.kdf != spec.kind:
-        has = config.kdf + (" key service" if config.service is not None else "")
+        has = {"scrypt": "passphrase", "keyfile": "keyfile"}.get(config.kdf, f"{config.kdf} key service")
         raise UsageError(f"--kms names a {spec.kind} key service, but this volume is unlocked with a {has}")
     recorded = dict(config.service.reference)
     for name in IDENTITY_FIELDS[spec.kind]:
