@@ -228,3 +228,21 @@ def test_passwd_moves_a_passphrase_volume_into_the_hsm_and_maintenance_uses_it(
     hsm.delete_key()  # the HSM key is lost: the recovery key still opens the volume
     run_cli("recovery-key", "check", backing, "--recovery-key-file", recovery)
     assert_clean_error(run_cli("fsck", backing, "--kms", hsm.mount_uri(), check=False), 32, "no AES key")
+
+
+def test_recovery_key_printed_at_init_mounts_after_the_hsm_key_is_lost(tmp_path: Path, mountpoint: Path,
+                                                                       hsm: Hsm) -> None:
+    backing = tmp_path / "backing"
+    printed = run_cli("init", backing, "--kms", hsm.uri(), "--print-recovery-key").stdout
+    assert "# encfs-pacs RECOVERY KEY" in printed
+    recovery = tmp_path / "recovery.txt"
+    recovery.write_text(printed[printed.index("# encfs-pacs RECOVERY KEY"):])  # the part for the safe
+    recovery.chmod(0o600)
+    hsm.delete_key()
+    assert_clean_error(run_cli("mount", backing, mountpoint, "--kms", hsm.mount_uri(), "--no-policy",
+                               "--no-audit", check=False), 32, "no AES key")
+    run_cli("mount", backing, mountpoint, "--recovery-key-file", recovery, "--no-policy", "--no-audit")
+    try:
+        (mountpoint / "still.txt").write_text("readable with the recovery key")
+    finally:
+        run_cli("unmount", mountpoint)
