@@ -8,9 +8,10 @@ first record of the batch (0.2 s by default; "at least once a second").
 
 If the log cannot be written the writer keeps every record (in memory, in order) and retries;
 ``append`` then raises AuditUnavailable (fail closed: the file system refuses the operation)
-unless the log was opened with ``fail_open=True``, which keeps serving and says so in the
-daemon log. Nothing is dropped silently: when the log is writable again a security-alert
-record states the outage, the operations refused and any records lost.
+unless the log was opened with ``fail_open=True``, which keeps accepting records (the caller
+decides whether file access goes on; the mount refuses it unless --audit-fail-open).
+Nothing is dropped silently: when the log is writable again a security-alert record states
+the outage, the operations refused and any records lost.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def _explain(exc: OSError, path: Path, fail_open: bool = False) -> str:
     }
     why = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     if fail_open:
-        return (f"the audit log {path} cannot be written ({why}); serving continues (--audit-fail-open) "
-                "and records are kept in memory until it can be")
+        # Only what the writer itself does: whether file access goes on is the caller's choice
+        # (the mount keeps this mode for buffering and refuses access itself when fail-closed).
+        return f"the audit log {path} cannot be written ({why}); records are kept in memory until it can be"
     return (f"the audit log {path} cannot be written ({why}); file operations are refused until it can "
             "be (fail-closed; mount with --audit-fail-open to keep serving without a complete log)")
 
