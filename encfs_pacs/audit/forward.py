@@ -203,6 +203,74 @@ def octet_frame(message: bytes) -> bytes:
     return str(len(message)).encode("ascii") + b" " + message
 
 
+@dataclass(frozen=True)
+class Message:
+    """A parsed RFC 5424 message (what a collector stored); ``msg`` without the BOM."""
+
+    pri: int
+    timestamp: str
+    hostname: str
+    app_name: str
+    procid: str
+    msgid: str
+    sd: dict[str, dict[str, str]]
+    msg: bytes
+
+
+_HEADER = re.compile(rb"^<(?P<pri>[0-9]{1,3})>1 (?P<ts>\S+) (?P<host>\S+) (?P<app>\S+) (?P<procid>\S+) "
+                     rb"(?P<msgid>\S+) ")
+
+
+def parse_message(raw: bytes) -> Message:
+    """Parse one RFC 5424 message (one line of a collector's file, without the newline).
+
+    Raises ValueError saying what is wrong. Structured data is decoded (RFC 5424 §6.3.3)."""
+    head = _HEADER.match(raw)
+    if head is None:
+        raise ValueError("not an RFC 5424 message (<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID ...)")
+    rest = raw[head.end():].decode("utf-8", "surrogateescape")
+    sd: dict[str, dict[str, str]] = {}
+    if rest.startswith(NILVALUE):
+        rest = rest[1:]
+    else:
+        while rest.startswith("["):
+            name, params, rest = _sd_element(rest)
+            sd[name] = params
+        if not sd:
+            raise ValueError("no STRUCTURED-DATA (neither '-' nor '[...]')")
+    if rest and not rest.startswith(" "):
+        raise ValueError("no space between STRUCTURED-DATA and MSG")
+    msg = rest[1:].encode("utf-8", "surrogateescape")
+    return Message(int(head["pri"]), head["ts"].decode("ascii", "replace"), head["host"].decode(
+        "ascii", "replace"), head["app"].decode("ascii", "replace"), head["procid"].decode(
+        "ascii", "replace"), head["msgid"].decode("ascii", "replace"), sd, msg.removeprefix(BOM))
+
+
+def _sd_element(text: str) -> tuple[str, dict[str, str], str]:
+    """``[ID name="value" ...]rest`` -> (ID, {name: value}, rest)."""
+    end_id = min((i for i in (text.find(" "), text.find("]")) if i > 0), default=-1)
+    if end_id < 0:
+        raise ValueError("unterminated SD-ELEMENT")
+    name, i, params = text[1:end_id], end_id, {}
+    while text[i] == " ":
+        eq = text.find('="', i)
+        if eq < 0:
+            raise ValueError(f"bad SD-PARAM in [{name} ...]")
+        key, i, value = text[i + 1:eq], eq + 2, []
+        while i < len(text) and text[i] != '"':
+            if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in '"\\]':
+                i += 1
+            value.append(text[i])
+            i += 1
+        if i >= len(text):
+            raise ValueError(f"unterminated value of {key} in [{name} ...]")
+        params[key] = "".join(value)
+        i += 1
+    if text[i] != "]":
+        raise ValueError(f"SD-ELEMENT [{name} ...] does not end with ']'")
+    return name, params, text[i + 1:]
+
+
 # ---------------------------------------------------------------------------- the forwarder
 
 

@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from .. import config as config_schema
 from .. import store
 from ..access import NullAudit, open_gate
+from ..audit import forward
 from ..crypto import keys, volume_config
 from ..errors import UsageError
 from ..maintenance.events import audit_event
@@ -69,10 +70,8 @@ def init(backing: Path, passphrase_file: Path | None, keyfile: Path | None, chun
 
 
 def syslog_handler(target: str) -> logging.Handler:
-    """A handler for the config's ``syslog`` key: a local socket path or udp://HOST:PORT."""
-    if target.startswith("udp://"):
-        host, _, port = target.removeprefix("udp://").rpartition(":")
-        return logging.handlers.SysLogHandler(address=(host, int(port)))
+    """A handler for a ``syslog`` key that is a local socket path (network collectors are served
+    by the mount daemon's forwarder, encfs_pacs/audit/forward.py, which also sends the audit trail)."""
     # Python defers a failed connect to every later emit (a traceback per line): check first.
     if not stat.S_ISSOCK(os.stat(target).st_mode):
         raise OSError(f"{target} is not a socket")
@@ -96,7 +95,7 @@ def configure_logging(log_file: Path | None, foreground: bool, verbose: bool,
     handler.setFormatter(logging.Formatter(
         "%(asctime)s encfs-pacs[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
-    if syslog is not None:
+    if syslog is not None and not forward.is_network_target(syslog):
         try:
             extra = syslog_handler(syslog)
         except OSError as exc:  # the daemon still logs to its main handler
@@ -155,7 +154,11 @@ def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.V
               help="Stay in the foreground (systemd Type=notify: READY=1 once usable).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Daemon log (default: stderr in the foreground, syslog in the background).")
-@click.option("--syslog", help='Also log to this syslog target: "/dev/log" or "udp://HOST:PORT".')
+@click.option("--syslog", metavar="TARGET",
+              help='Syslog collector "udp://HOST:PORT" or "tcp://HOST:PORT": receives every audit record '
+                   '(RFC 5424) and the daemon log. A socket path ("/dev/log"): the daemon log only.')
+@click.option("--syslog-hostname", metavar="NAME",
+              help="HOSTNAME in the messages to the collector (default: this host's name).")
 @click.option("--verbose", "-v", is_flag=True, help="Log debug details.")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_POLICY_PATH, show_default=True,
@@ -203,6 +206,7 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
     audit_path = None if settings["no_audit"] else (
         settings["audit_log"] or default_audit_log(mountpoint)).absolute()
     log_file, verbose, syslog = settings["log_file"], settings["verbose"], settings["syslog"]
+    collector = syslog if syslog is not None and forward.is_network_target(syslog) else None
     store.read_config(backing)  # report a missing or foreign volume before asking for a secret
     fs_mount.check_mountpoint(mountpoint, backing)
     # The daemon must find the policy again on reload, whatever its working folder.
@@ -214,7 +218,8 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
         try:
             fs_mount.serve(volume, mountpoint, gate,
                            on_ready=lambda: notify.ready(f"serving {backing} on {mountpoint}"),
-                           audit_log=audit_path, audit_fail_open=settings["audit_fail_open"])
+                           audit_log=audit_path, audit_fail_open=settings["audit_fail_open"],
+                           syslog=collector, syslog_hostname=settings["syslog_hostname"])
         finally:
             # Reached once the kernel mount is gone; the audit log is sealed by now.
             notify.stopping(f"unmounted {mountpoint}")
@@ -222,7 +227,8 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
     pid = fs_mount.mount_in_background(
         volume, mountpoint, gate, log_file,
         lambda: configure_logging(log_file, foreground=False, verbose=verbose, syslog=syslog),
-        audit_log=audit_path, audit_fail_open=settings["audit_fail_open"])
+        audit_log=audit_path, audit_fail_open=settings["audit_fail_open"],
+        syslog=collector, syslog_hostname=settings["syslog_hostname"])
     click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
 
 
