@@ -96,6 +96,32 @@ def verify_command(ctx: click.Context, logs: tuple[Path, ...], anchor_text: str 
         click.echo(line)
 
 
+@audit_group.command("collect")
+@click.argument("syslog_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+def collect_command(syslog_file: Path, outdir: Path) -> None:
+    """Rebuild each host's audit log files from a syslog collector's file (RFC 5424 lines).
+
+    Every forwarded message holds one audit line byte for byte and the sending host's name:
+    the lines are grouped per host and chain, ordered, de-duplicated and split at rotations
+    into OUTDIR/HOST/CHAIN-FIRSTSEQ.audit.jsonl, which `audit verify` checks as they are (a
+    message lost or edited on the way shows as a deleted or edited record). `audit query` and
+    `audit report` given several OUTDIR/HOST folders merge them by time and show each record's
+    host (the folder name).
+
+    \b
+    Example:
+      encfs-pacs audit collect /var/log/remote/encfs-pacs.log /srv/audit/central
+      encfs-pacs audit verify --anchor "$(cat acq.anchor)" /srv/audit/central/pacs-acq/*
+      encfs-pacs audit query /srv/audit/central/*/* --patient PAT-0001
+    """
+    from ..audit.collect import collect
+
+    report = collect(syslog_file, outdir)
+    for line in report.lines():
+        click.echo(line)
+
+
 # ---------------------------------------------------------------------------- query, report, export
 
 _READ_FIRST = ("Reads records (each line's hash is checked) but does not check signatures: run "
@@ -165,7 +191,8 @@ def query_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | Non
                   after_hours: bool, work_hours: str, as_json: bool) -> None:
     """List the access records of LOGs that match every given filter, oldest first.
 
-    Files of several trails may be given: records are merged by time.
+    Files of several trails may be given: records are merged by time. Logs from several folders
+    (one per host, as `audit collect` writes them) get a host column: the folder's name.
 
     \b
     Examples:
@@ -181,6 +208,10 @@ def query_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | Non
     if as_json:
         for record in hits:
             click.echo(json.dumps(record, ensure_ascii=False))
+    elif any(query.ORIGIN in record for record in hits):  # several hosts: say which one
+        rows = [[str(record.get(query.ORIGIN, "-")), *_row(record)] for record in hits]
+        _table(rows, (("host", 12), *_TABLE))
+        click.echo(f"{len(hits)} of {len(loaded.records)} records", err=True)
     else:
         _table([_row(record) for record in hits], _TABLE)
         click.echo(f"{len(hits)} of {len(loaded.records)} records", err=True)
