@@ -421,6 +421,8 @@ class SyslogForwarder:
                     return
                 if self._send(current):
                     current = None
+                else:  # the collector is down: the trail must still learn about drops
+                    self._maybe_report()
         except BaseException:  # a bug: say so, and let producers keep going (they drop)
             log.exception("the syslog forwarder stopped on an internal error")
         finally:
@@ -440,6 +442,12 @@ class SyslogForwarder:
                 return item
             if closing:
                 return None
+
+    def _maybe_report(self) -> None:
+        with self._lock:
+            due = self._report_due()
+        if due:
+            self.report_drops()
 
     def _report_wait(self) -> float | None:
         """Idle: sleep until a message comes; with drops to record, look again twice a second."""
