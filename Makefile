@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the mount and the tests use at run time.
-APT_PACKAGES := fuse3 orthanc dcmtk
+APT_PACKAGES := fuse3 orthanc dcmtk rsyslog
 # What `make bench` compares against and drives (gocryptfs; Orthanc in its own network namespace).
 BENCH_APT_PACKAGES := fuse3 gocryptfs orthanc iproute2 util-linux
 BENCH_ARGS ?=
