@@ -61,6 +61,8 @@ def test_relative_paths_are_relative_to_the_config_folder(tmp_path: Path) -> Non
     ('backing = "/b"\nmountpoint = "/m"\ncredential = "../etc/shadow"\n', "key 'credential'"),
     ('backing = "/b"\nmountpoint = "/m"\nsyslog = "loghost:514"\n', "key 'syslog'"),
     ('backing = "/b"\nmountpoint = "/m"\nsyslog = "udp://loghost:99999"\n', "key 'syslog'"),
+    ('backing = "/b"\nmountpoint = "/m"\nsyslog = "tcp://loghost"\n', 'expected "udp://HOST:PORT" or "tcp://'),
+    ('backing = "/b"\nmountpoint = "/m"\nsyslog_hostname = "two words"\n', "key 'syslog_hostname'"),
     ('backing = "/b"\nmountpoint = "/m"\nkeyfile = "/k"\ncredential = "c"\n', "keyfile, credential are"),
     ('backing = "/b"\nmountpoint = "/m"\nno_policy = true\nlearn = true\n', "'learn' needs a policy"),
     ('backing = "/b"\nmountpoint = "/m"\nno_audit = true\naudit_log = "/a"\n', "'no_audit' cannot"),
@@ -81,7 +83,8 @@ def test_missing_file_is_config_invalid(tmp_path: Path) -> None:
 
 
 def test_valid_syslog_targets(tmp_path: Path) -> None:
-    for target in ("/dev/log", "udp://10.0.0.5:514", "udp://loghost.example:1514"):
+    for target in ("/dev/log", "udp://10.0.0.5:514", "udp://loghost.example:1514", "tcp://10.0.0.5:514",
+                   "tcp://[fd00::5]:6514"):
         loaded = config.load(write(tmp_path, f'backing = "/b"\nmountpoint = "/m"\nsyslog = "{target}"\n'))
         assert loaded["syslog"] == target
 
@@ -99,6 +102,9 @@ def test_command_line_only_errors_are_usage_errors() -> None:
     base = config.MountConfig(config.defaults(), "command line")
     with pytest.raises(UsageError, match="'backing' is missing"):
         config.merge(base, {"mountpoint": Path("/m")}, error=UsageError)
-    with pytest.raises(UsageError, match="'syslog'"):
+    with pytest.raises(UsageError, match="'syslog' is 'bad'; expected \"udp://HOST:PORT\" or"):
         config.merge(base, {"backing": Path("/b"), "mountpoint": Path("/m"), "syslog": "bad"},
                      error=UsageError)
+    with pytest.raises(UsageError, match="'syslog_hostname'"):
+        config.merge(base, {"backing": Path("/b"), "mountpoint": Path("/m"), "syslog": "tcp://h:514",
+                            "syslog_hostname": "a b"}, error=UsageError)
