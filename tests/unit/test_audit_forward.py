@@ -436,6 +436,14 @@ def test_collect_rebuilds_verifiable_files_per_host(tmp_path: Path) -> None:
         assert result.intact, result.problem
         local = trail_files(tmp_path / host / "audit.log")
         assert b"".join(f.read_bytes() for f in files) == b"".join(f.read_bytes() for f in local)
+    # Merged, each record says which host (folder) it came from.
+    from encfs_pacs.audit import query
+
+    merged_view = query.load([*report.files["acq"], *report.files["was"]])
+    assert merged_view.problem is None and len(merged_view.records) == 80
+    assert {r["origin"] for r in merged_view.records if r.get("n") == 3} == {"acq", "was"}
+    times = [r["time"] for r in merged_view.records]
+    assert times == sorted(times)
     # One edited line on the collector fails verification of that host.
     text = source.read_bytes().replace(b'"n":7,', b'"n":8,', 1)
     source.write_bytes(text)
