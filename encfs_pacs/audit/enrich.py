@@ -70,8 +70,15 @@ class EnrichingAudit:
     def tags_now(self, path: str) -> dict[str, str] | None:
         return self._tags.tags(path) if self._tags is not None else None
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every record queued so far is on disk (or the writer failed/timed out)."""
         self._queue.join()
+        flush = getattr(self._writer, "flush", None)
+        if flush is not None:
+            try:
+                flush(timeout)
+            except (OSError, EncfsPacsError) as exc:
+                log.warning("audit records not yet on disk: %s", exc)
 
     def close(self) -> None:
         self._queue.put(_STOP)

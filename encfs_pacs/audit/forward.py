@@ -322,6 +322,8 @@ class SyslogForwarder:
         self._counts = {"sent": 0, "dropped": 0, "truncated": 0}
         self._unreported = {"dropped": 0, "truncated": 0}
         self._last_report = time.monotonic()
+        self._current: bytes | None = None  # the message being sent (retried until it goes)
+        self._abandon = False
         self._thread = threading.Thread(target=self._run, name="syslog-forwarder", daemon=True)
 
     # -- producers (never block) ---------------------------------------------------------
@@ -373,6 +375,26 @@ class SyslogForwarder:
                       "does not record (at unmount)", self.target, unreported["dropped"],
                       unreported["truncated"])
 
+    def settle(self, timeout: float = 3.0) -> None:
+        """Before the audit log is sealed: let what is queued go out for up to ``timeout``
+        seconds; whatever is still undelivered then is dropped, counted and recorded in the
+        trail (``syslog-dropped``), so the local log says how much the collector is missing."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (self._queue or self._current is not None) and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.1))
+            left = len(self._queue)
+            self._queue.clear()
+            if self._current is not None and self._sock is None:  # retrying a dead collector
+                left += 1
+                self._abandon = True
+            self._counts["dropped"] += left
+            self._unreported["dropped"] += left
+        self.report_drops()
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {**self._counts, "queued": len(self._queue), "connected": self._sock is not None,
@@ -404,23 +426,31 @@ class SyslogForwarder:
     # -- the sender thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        current: bytes | None = None
         try:
             while True:
+                with self._lock:
+                    if self._abandon:  # settle() gave it up (and counted it)
+                        self._current, self._abandon = None, False
+                    current = self._current
                 if current is None:
                     item = self._next_item()
                     if item is None:
                         return
                     current = self._format(item)
+                    with self._lock:
+                        self._current = current
                     if current is None:
                         continue
                 if self._deadline_passed():
                     with self._lock:
-                        self._counts["dropped"] += 1
-                        self._unreported["dropped"] += 1
+                        if not self._abandon:
+                            self._counts["dropped"] += 1
+                            self._unreported["dropped"] += 1
                     return
                 if self._send(current):
-                    current = None
+                    with self._lock:
+                        self._current = None
+                        self._cond.notify_all()  # settle() waits for an empty queue
                 else:  # the collector is down: the trail must still learn about drops
                     self._maybe_report()
         except BaseException:  # a bug: say so, and let producers keep going (they drop)
@@ -435,6 +465,8 @@ class SyslogForwarder:
                 if not self._queue and not self._closing and not self._report_due():
                     self._cond.wait(self._report_wait())
                 item = self._queue.popleft() if self._queue else None
+                if item is not None:
+                    self._current = b""  # taken, not yet sent: settle() must not think it is done
                 closing, due = self._closing, self._report_due()
             if due:
                 self.report_drops()

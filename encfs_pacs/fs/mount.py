@@ -268,7 +268,8 @@ def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callabl
         if came_up:
             gate.audit.append(_mount_event("unmount", volume, mountpoint, gate))
         if forwarder is not None and audit_log is not None:
-            forwarder.report_drops()  # while the trail can still say so
+            gate.audit.flush()  # the unmount record is committed, then forwarded
+            forwarder.settle()  # what cannot reach the collector is recorded while the trail is open
         close_audit = getattr(gate.audit, "close", None)
         if close_audit is not None:
             close_audit()  # seals the log: a stop checkpoint, then fsync

@@ -10,6 +10,7 @@ volume's anchor, and one edited line on the collector makes verify fail.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -237,3 +238,21 @@ def test_two_hosts_one_collector_one_merged_view(rsyslog: Collector, tmp_path: P
     creates = {row[0]: row for row in rows if "create" in row}
     assert "/from-acq.dcm" in creates["acq"] and "/from-was.dcm" in creates["was"]
     assert PASSPHRASE not in rsyslog.out.read_text(errors="replace")  # nothing secret is forwarded
+
+
+def test_dead_collector_neither_blocks_nor_fails_the_mount(tmp_path: Path, volume: Path,
+                                                           passphrase_file: Path) -> None:
+    """No collector listens: file operations go on, the local trail is complete and says how
+    many messages the collector missed (a syslog-dropped record before the stop seal)."""
+    port = free_port(socket.SOCK_STREAM)  # nothing listens there
+    m = mount_with_syslog(tmp_path, volume, passphrase_file, "dead", "--syslog", f"tcp://127.0.0.1:{port}")
+    started = time.monotonic()
+    run_mounted(m, work_on_files)
+    assert time.monotonic() - started < 30  # the unmount waits a few seconds at most for the collector
+    assert m.audit_log is not None
+    run_cli("audit", "verify", "--anchor", anchor_of(volume), m.audit_log)
+    records = [json.loads(line) for line in m.audit_log.read_text().splitlines()]
+    (dropped,) = [r for r in records if r["event"] == "syslog-dropped"]
+    # Everything before it never reached the collector (the daemon log lines count too).
+    assert dropped["dropped"] >= dropped["seq"] + 1 and dropped["target"] == f"tcp://127.0.0.1:{port}"
+    assert "unreachable" in m.log()

@@ -299,6 +299,33 @@ def test_dead_collector_never_blocks_and_drops_are_counted() -> None:
     assert forwarder.stats()["dropped"] == 200  # what was still queued at close counts too
 
 
+def test_settle_records_what_a_dead_collector_never_got() -> None:
+    reports: list[dict[str, Any]] = []
+    forwarder = SyslogForwarder(Target("tcp", "127.0.0.1", free_port()), "h", report=reports.append).start()
+    try:
+        forwarder.audit_lines(lines(30), "c")  # fits the queue: nothing dropped yet
+        assert wait_for(lambda: forwarder.stats()["last_error"] is not None)
+        assert forwarder.stats()["dropped"] == 0 and not reports
+        started = time.monotonic()
+        forwarder.settle(timeout=0.3)
+        assert time.monotonic() - started < 2
+        assert [r["dropped"] for r in reports] == [30]  # queued ones and the one being retried
+    finally:
+        forwarder.close(timeout=0.3)
+    assert forwarder.stats()["dropped"] == 30 and len(reports) == 1
+
+
+def test_settle_waits_for_a_live_collector(tcp_collector: TcpCollector) -> None:
+    reports: list[dict[str, Any]] = []
+    forwarder = SyslogForwarder(tcp_collector.target, "h", report=reports.append).start()
+    try:
+        forwarder.audit_lines(lines(500), "c")
+        forwarder.settle(timeout=10)
+        assert forwarder.stats()["sent"] == 500 and not reports
+    finally:
+        forwarder.close()
+
+
 def test_stalled_collector_never_blocks_the_producer() -> None:
     collector = TcpCollector(read=False)  # accepts, never reads: the send buffer fills up
     forwarder = SyslogForwarder(collector.target, "h", queue_limit=100, send_timeout=0.5).start()
