@@ -1,4 +1,4 @@
-"""Forwarding the audit trail (and the daemon log) to a syslog collector (docs/audit-format.md §11).
+"""Forwarding the audit trail (and the daemon log) to a syslog collector (docs/audit-format.md §13).
 
 Every committed audit line becomes one RFC 5424 message whose MSG is the line itself, byte for
 byte (BOM-prefixed UTF-8, no newline), so a collector's copy can be verified like the local

@@ -196,7 +196,7 @@ def stop_forwarder(forwarder: SyslogForwarder | None) -> None:
     """After the audit log is sealed: send what is queued (a few seconds at most), then stop."""
     if forwarder is None:
         return
-    forwarder.close()
+    forwarder.close(timeout=2.0)  # settle() has already waited for a slow collector
     logger = logging.getLogger("encfs_pacs")
     for handler in list(logger.handlers):
         if isinstance(handler, ForwardingLogHandler) and handler.forwarder is forwarder:
