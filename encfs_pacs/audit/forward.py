@@ -324,6 +324,7 @@ class SyslogForwarder:
         self._last_report = time.monotonic()
         self._current: bytes | None = None  # the message being sent (retried until it goes)
         self._abandon = False
+        self._udp_warned: float | None = None
         self._thread = threading.Thread(target=self._run, name="syslog-forwarder", daemon=True)
 
     # -- producers (never block) ---------------------------------------------------------
@@ -528,6 +529,12 @@ class SyslogForwarder:
             else:
                 self._check_peer_open(self._sock)
                 self._sock.sendall(octet_frame(message))
+        except ConnectionRefusedError as exc:
+            if self.target.scheme != "udp":
+                self._lost_connection(exc)
+                return False
+            self._udp_refused(exc)  # about an earlier datagram; this one was not sent: again
+            return False
         except OSError as exc:
             self._lost_connection(exc)
             return False
@@ -539,6 +546,19 @@ class SyslogForwarder:
             self._down_since = None
             self._backoff = self._backoff_min
         return True
+
+    def _udp_refused(self, exc: OSError) -> None:
+        """An ICMP "port unreachable" for an earlier datagram: nobody listens at the collector.
+        UDP cannot tell how many datagrams were lost, so say so (at most every 10 minutes)
+        instead of counting; the socket stays as it is (a reconnect would not help)."""
+        now = time.monotonic()
+        with self._lock:
+            self._last_error = exc.strerror or str(exc)
+        if self._udp_warned is None or now - self._udp_warned >= 600:
+            self._udp_warned = now
+            log.warning("syslog collector %s refuses datagrams (nothing listens there?): audit records sent "
+                        "by UDP are being lost and cannot be counted; use tcp:// to have losses counted",
+                        self.target)
 
     @staticmethod
     def _check_peer_open(sock: socket.socket) -> None:

@@ -251,6 +251,20 @@ def test_udp_one_datagram_per_line() -> None:
     assert forwarder.stats()["sent"] == 3
 
 
+def test_udp_to_nobody_goes_on_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    forwarder = SyslogForwarder(Target("udp", "127.0.0.1", free_port()), "h").start()
+    try:
+        for i in range(20):
+            forwarder.audit_lines(lines(5, start=i * 5), "c")
+            time.sleep(0.005)
+        assert wait_for(lambda: forwarder.stats()["sent"] == 100 and not forwarder.stats()["queued"])
+    finally:
+        forwarder.close(timeout=0.5)
+    assert forwarder.stats()["last_error"] is not None  # the ICMP errors were seen
+    warnings = [r for r in caplog.records if r.name == "encfs_pacs.syslog" and r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot be counted" in warnings[0].getMessage()
+
+
 def test_udp_oversized_message_is_truncated_and_reported() -> None:
     collector = UdpCollector()
     reports: list[dict[str, Any]] = []
