@@ -342,34 +342,34 @@ th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;wh
 _MHLW = "MHLW Guidelines for the Security Management of Medical Information Systems v6.0"
 _REQUIREMENTS: dict[str, tuple[str, str]] = {
     "integrity": (
-        f"{_MHLW}: access logs are protected against tampering, deletion and unauthorised addition, "
+        "access logs are protected against tampering, deletion and unauthorised addition, "
         "and their record of time is reliable.",
         "HIPAA §164.312(b) Audit controls: mechanisms that record and examine activity in systems that "
         "contain or use ePHI (a record that can be trusted)."),
     "coverage": (
-        f"{_MHLW}: access to medical information is recorded (access logs are kept); gaps in logging "
+        "access to medical information is recorded (access logs are kept); gaps in logging "
         "are themselves to be reviewed.",
         "HIPAA §164.312(b) Audit controls: activity is recorded; outages of recording are findings."),
     "access": (
-        f"{_MHLW}: access logs are reviewed periodically (who accessed which patient's information, "
+        "access logs are reviewed periodically (who accessed which patient's information, "
         "when, with which program).",
         "HIPAA §164.308(a)(1)(ii)(D) Information system activity review: regular review of audit "
         "logs and access reports."),
     "denials": (
-        f"{_MHLW}: access control by user and role; attempts outside granted rights are reviewed.",
+        "access control by user and role; attempts outside granted rights are reviewed.",
         "HIPAA §164.312(a)(1) Access control; §164.308(a)(1)(ii)(D) review of security-relevant "
         "activity."),
     "unusual": (
-        f"{_MHLW}: periodic review of access logs for inappropriate access (unusual hours, unusual volume).",
+        "periodic review of access logs for inappropriate access (unusual hours, unusual volume).",
         "HIPAA §164.308(a)(1)(ii)(D) Information system activity review (security incident tracking)."),
     "policy": (
-        f"{_MHLW}: access rights are managed and changes to them are recorded and reviewed.",
+        "access rights are managed and changes to them are recorded and reviewed.",
         "HIPAA §164.312(a)(1) Access control: only persons or software programs granted access rights."),
     "keys": (
-        f"{_MHLW}: management of authentication credentials and encryption keys; maintenance is recorded.",
+        "management of authentication credentials and encryption keys; maintenance is recorded.",
         "HIPAA §164.312(b) Audit controls; §164.308(a)(1)(ii)(D) activity review."),
     "data": (
-        f"{_MHLW}: integrity of stored medical information (detecting alteration or damage).",
+        "integrity of stored medical information (detecting alteration or damage).",
         "HIPAA §164.308(a)(1)(ii)(D) security incident tracking (a failed authentication of stored "
         "image data is a possible incident)."),
 }
@@ -377,7 +377,7 @@ _REQUIREMENTS: dict[str, tuple[str, str]] = {
 
 def _req(topic: str) -> str:
     mhlw, hipaa = _REQUIREMENTS[topic]
-    return f'<div class="req"><b>MHLW v6.0:</b> {_e(mhlw)}<br><b>HIPAA:</b> {_e(hipaa)}</div>'
+    return f'<div class="req"><b>MHLW guideline v6.0:</b> {_e(mhlw)}<br><b>HIPAA:</b> {_e(hipaa)}</div>'
 
 
 @dataclass(frozen=True)
@@ -488,6 +488,9 @@ def _head(s: Summary, state: str, sentence: str, sources: Sequence[str], read_pr
             f'<div class="status {_e(state)}">{_e(sentence)}</div>{warning}'
             "<h2 id=\"summary\">Summary</h2>" + table(["Item", "Value"], numbers, "", numeric=[1])
             + "<h3>What each section answers</h3>"
+            + f'<p class="note">MHLW guideline v6.0: the {_e(_MHLW)} (Japan, Ministry of Health, Labour '
+              "and Welfare). HIPAA: the Security Rule, 45 CFR Part 164 Subpart C. The requirements are "
+              "paraphrased; the guideline's own wording governs.</p>"
             + table(["Section", "MHLW guideline v6.0", "HIPAA"],
                     [[title, *_REQUIREMENTS[topic]] for title, topic in _SECTIONS], ""))
 
