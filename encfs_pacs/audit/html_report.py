@@ -156,6 +156,7 @@ class DenialRow:
     outcome: str
     count: int = 0
     ops: set[str] = field(default_factory=set)
+    patients: set[str] = field(default_factory=set)
     first: str = ""
     last: str = ""
 
@@ -276,6 +277,7 @@ def _denials(denied: list[Record]) -> list[DenialRow]:
         row = rows.setdefault(key, DenialRow(*key, first=str(record["time"])))
         row.count += 1
         row.ops.add(str(record.get("op") or record.get("event")))
+        _add_ids(row.patients, None, record)
         row.last = str(record["time"])
     return sorted(rows.values(), key=lambda row: (-row.count, row.user, row.exe, row.path))
 
@@ -546,13 +548,13 @@ def _section_access(s: Summary, table: _Tables) -> str:
 
 
 def _section_denials(s: Summary, table: _Tables) -> str:
-    rows = [[d.user, d.exe, d.path, d.count, _names(d.ops), d.outcome, _t(d.first), _t(d.last)]
-            for d in s.denials]
+    rows = [[d.user, d.exe, d.path, _names(d.patients), d.count, _names(d.ops), d.outcome, _t(d.first),
+             _t(d.last)] for d in s.denials]
     return ("<h2 id=\"denials\">3. Denied accesses</h2>" + _req("denials")
             + f"<p>{s.denied} denied operation(s) in {len(s.denials)} group(s) (user, program, file). "
               "<i>learn-denied</i>: learn mode, would have been denied.</p>"
-            + table(["User", "Program", "File", "Count", "Operations", "Outcome", "First", "Last"], rows,
-                    "No denied access in this period.", numeric=[3]))
+            + table(["User", "Program", "File", "Patient", "Count", "Operations", "Outcome", "First", "Last"],
+                    rows, "No denied access in this period.", numeric=[4]))
 
 
 def _section_unusual(s: Summary, options: ReportOptions, table: _Tables) -> str:
