@@ -32,8 +32,8 @@ r4b_bundle = pytest.importorskip("fhir.resources.R4B.bundle")
 SCHEMA = Path(__file__).parents[1] / "fixtures" / "dicom-audit-message.rnc"
 
 
-@pytest.fixture(scope="module")
-def schema() -> Any:
+def load_schema() -> Any:
+    """The A.5.1 schema as an lxml RelaxNG validator."""
     # The standard writes value descriptions as "## ..." after each choice, the last one before
     # "}" where no pattern follows; rnc2rng (strictly per the RELAX NG compact grammar) only
     # accepts "##" documentation in front of a pattern. Turning them into plain "#" comments
@@ -41,6 +41,11 @@ def schema() -> Any:
     text = re.sub(r"##", "#", SCHEMA.read_text(encoding="utf-8"))
     rng = rnc2rng.dumps(rnc2rng.loads(text))
     return lxml_etree.RelaxNG(lxml_etree.fromstring(rng.encode("utf-8")))
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    return load_schema()
 
 
 def hostile() -> list[dict[str, Any]]:
