@@ -313,8 +313,8 @@ def integrity_status(report: VerifyReport | None) -> tuple[str, str]:
     if report.unsealed:
         return "unsealed", (f"Intact up to the last seal; {report.unsealed} record(s) after it are not "
                             "sealed yet (live log) and are not verified.")
-    return "intact", (f"INTACT: all {report.records} records hashed, chained and signed back to the "
-                      f"anchor {report.anchor}.")
+    return "intact", (f"INTACT: every record of the logs ({report.records}, seals and other control "
+                      f"records included) hashed, chained and signed back to the anchor {report.anchor}.")
 
 
 # ---------------------------------------------------------------------------- HTML
