@@ -4,8 +4,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+<<<<<<< HEAD
 # Debian packages the mount and the tests use at run time.
 APT_PACKAGES := fuse3 orthanc dcmtk rsyslog
+=======
+# Debian packages the mount and the tests use at run time (chromium: the audit report is rendered
+# in a headless browser).
+APT_PACKAGES := fuse3 orthanc dcmtk chromium
+>>>>>>> report
 # What `make bench` compares against and drives (gocryptfs; Orthanc in its own network namespace).
 BENCH_APT_PACKAGES := fuse3 gocryptfs orthanc iproute2 util-linux
 BENCH_ARGS ?=
