@@ -159,21 +159,24 @@ def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.V
                    '(RFC 5424) and the daemon log. A socket path ("/dev/log"): the daemon log only.')
 @click.option("--syslog-hostname", metavar="NAME",
               help="HOSTNAME in the messages to the collector (default: this host's name).")
-@click.option("--verbose", "-v", is_flag=True, help="Log debug details.")
+@click.option("--verbose/--no-verbose", "-v", default=None, help="Log debug details.")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_POLICY_PATH, show_default=True,
               help="Allow-list in force (reloaded when it changes, or on SIGHUP).")
-@click.option("--no-policy", is_flag=True,
-              help="Give every process plaintext (testing only: no protection against ransomware).")
+@click.option("--no-policy/--with-policy", default=None,
+              help="Give every process plaintext (testing only: no protection against ransomware); "
+                   "--with-policy overrides no_policy = true of a --config file.")
 @click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Append-only, tamper-evident access log (default: "
                    "/var/log/encfs-pacs/<mountpoint>.audit.jsonl).")
-@click.option("--no-audit", is_flag=True, help="Keep no audit trail (testing only).")
-@click.option("--audit-fail-open", is_flag=True,
-              help="Keep serving when the audit log cannot be written (default: refuse access).")
-@click.option("--learn", is_flag=True,
+@click.option("--no-audit/--with-audit", default=None,
+              help="Keep no audit trail (testing only); --with-audit overrides the file's no_audit.")
+@click.option("--audit-fail-open/--audit-fail-closed", default=None,
+              help="Keep serving when the audit log cannot be written (default: refuse access, "
+                   "--audit-fail-closed).")
+@click.option("--learn/--no-learn", default=None,
               help="Deny nothing; record every access the policy would deny "
-                   "(then: encfs-pacs policy suggest).")
+                   "(then: encfs-pacs policy suggest); --no-learn overrides the file's learn = true.")
 @click.pass_context
 def mount(ctx: click.Context, config_file: Path | None, foreground: bool, **_: object) -> None:
     """Mount the volume BACKING as plaintext on MOUNTPOINT.
