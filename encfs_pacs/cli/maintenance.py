@@ -23,10 +23,11 @@ from ..crypto import keys
 from ..crypto.recovery_key import Share
 from ..crypto.volume_config import KDF_KEYFILE
 from ..errors import (
-    EncfsPacsError,
     KeySourceError,
+    RecoveryKeyError,
     TransferIncomplete,
     VolumeDamaged,
+    WrongPassphrase,
 )
 from ..maintenance import exporter, importer, rekey
 from ..maintenance import fsck as fsck_mod
@@ -185,8 +186,9 @@ def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
         new = store.Secret("passphrase", _prompt("New passphrase: ", "Repeat new passphrase: "))
     try:
         event = rekey.change_secret(backing, old, new, scrypt_log_n)
-    except EncfsPacsError as exc:
-        # Unauthenticated (no key was unlocked): the trail records it as an unverified claim.
+    except (WrongPassphrase, RecoveryKeyError) as exc:
+        # A failed unlock attempt (not a typo in the options). Unauthenticated, as no key was
+        # unlocked: the trail records it as an unverified claim.
         record(make_event("volume-key-changed", outcome="error", backing=str(backing.absolute()),
                           unlocked_with=old.kind, reason=str(exc)))
         raise

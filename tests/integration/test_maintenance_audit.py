@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import PASSPHRASE, Mounted, force_unmount, is_fuse_mounted, run_cli
+from conftest import OPEN_POLICY, PASSPHRASE, Mounted, force_unmount, is_fuse_mounted, run_cli, write_policy
 
 from encfs_pacs.audit import read_anchor
 from encfs_pacs.audit.canonical import canonical
@@ -165,5 +165,28 @@ def test_fsck_and_export_of_a_mounted_volume_are_recorded(mount_volume: Callable
     checked = wait_for_records(m, "volume-checked")
     exported = wait_for_records(m, "volume-export")
     assert checked[0]["outcome"] == "clean" and exported[0]["files"] == 1
+    m.unmount()
+    verify(m)
+
+
+def test_a_policy_edit_names_who_made_it_in_the_trail_of_mounts_using_it(
+        mount_volume: Callable[..., Mounted], tmp_path: Path) -> None:
+    policy = write_policy(tmp_path / "policy.toml", OPEN_POLICY.format(uid=os.geteuid()))
+    m = mount_volume(policy)
+    result = run_cli("allow", "add", "--policy", policy, "--exe", "/bin/true", "--id", "true-tool")
+    assert "audit: policy edit" in result.stderr
+    claims = [r for r in wait_for_records(m, "security-alert") if r["claimed"]["event"] == "policy-edit"]
+    assert len(claims) == 1
+    claim = claims[0]["claimed"]
+    assert claim["action"] == "add" and claim["rule"]["id"] == "true-tool"
+    assert claim["who"]["uid"] == os.getuid() and claim["policy_file"] == str(policy)
+    # The mount's own record of what changed is still the reload (not duplicated by the edit).
+    reloads = wait_for_records(m, "policy-reload")
+    assert len(reloads) == 1 and reloads[0]["changes"]["added"] == ["true-tool"]
+    assert reloads[0]["policy"]["sha256"] == claim["policy_sha256"]
+    other = write_policy(tmp_path / "other.toml", OPEN_POLICY.format(uid=os.geteuid()))
+    unused = run_cli("allow", "add", "--policy", other, "--exe", "/bin/true", "--id", "elsewhere")
+    assert f"no running mount uses {other}" in unused.stderr
+    assert not [r for r in m.audit_records() if r.get("claimed", {}).get("rule", {}).get("id") == "elsewhere"]
     m.unmount()
     verify(m)
