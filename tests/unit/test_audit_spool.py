@@ -303,3 +303,11 @@ def test_audit_event_never_fails_the_command(tmp_path: Path) -> None:
 def test_a_recovery_key_use_is_flagged_for_auditors() -> None:
     assert events.make_event("volume-import", unlocked_with="recovery-key")["alert"] is True
     assert "alert" not in events.make_event("volume-import", unlocked_with="passphrase")
+
+
+def test_spool_key_known_answer() -> None:
+    """HKDF-SHA256(master 00..1f, info "encfs-pacs v1 audit spool mac"): a label change would
+    make every queued entry of an older version a forgery (docs/file-format.md §4)."""
+    assert audit_spool_key(bytes(range(32))).hex() == \
+        "11633e5005f7d139dd363b02f9f6b6681cb243d945267fe0a9292dd6c36703e6"
+    assert audit_spool_key(bytes(range(32))) != audit_spool_key(bytes(32))
