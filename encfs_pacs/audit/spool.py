@@ -274,6 +274,7 @@ class SpoolIngester:
         self._poll = poll_seconds
         self._recorded: set[str] = set()  # ids recorded (durable) by this or an earlier run
         self._appended: dict[str, Verdict] = {}  # file name -> appended, not yet known durable
+        self._stuck: dict[str, Verdict] = {}  # recorded, but the file could not be removed
         self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -317,7 +318,9 @@ class SpoolIngester:
             except FileNotFoundError:
                 return 0
             for name in names:
-                if name not in self._appended:
+                if name in self._stuck:  # recorded already: only its removal is retried
+                    self._settle(name, self._stuck[name])
+                elif name not in self._appended:
                     self._take(name)
             if not self._appended:
                 return 0
@@ -365,9 +368,13 @@ class SpoolIngester:
                 path.unlink()
         except FileNotFoundError:
             pass
-        except OSError as exc:  # it stays; the next pass records it again (a duplicate, not a loss)
-            log.error("audit spool: cannot remove %s after recording it: %s", path, exc)
+        except OSError as exc:  # recorded: retry the removal each pass, never record it again
+            if name not in self._stuck:
+                log.error("audit spool: cannot remove %s after recording it (%s); it is not recorded "
+                          "again by this mount", path, exc)
+            self._stuck[name] = verdict
             return
+        self._stuck.pop(name, None)
         if verdict.entry_id is not None and verdict.record is not None \
                 and verdict.record.get("spool", {}).get("authenticated"):
             self._recorded.add(verdict.entry_id)

@@ -311,3 +311,22 @@ def test_spool_key_known_answer() -> None:
     assert audit_spool_key(bytes(range(32))).hex() == \
         "11633e5005f7d139dd363b02f9f6b6681cb243d945267fe0a9292dd6c36703e6"
     assert audit_spool_key(bytes(range(32))) != audit_spool_key(bytes(32))
+
+
+def test_a_file_that_cannot_be_removed_is_not_recorded_again_each_pass(
+        backing: Path, trail: AuditLog, log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queued = queue_event(backing, event(11), MK)
+    ingester = SpoolIngester(backing, trail, MK, log_path)
+    real_unlink = Path.unlink
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    ingester.ingest()
+    ingester.ingest()
+    assert queued.path.exists()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    ingester.ingest()  # the removal is retried, the record is not repeated
+    assert not queued.path.exists()
+    assert [r["n"] for r in payloads(log_path)] == [11]
