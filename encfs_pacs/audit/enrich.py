@@ -46,6 +46,11 @@ class EnrichingAudit:
         self._worker = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._worker.start()
 
+    @property
+    def writer(self) -> Writer:
+        """The audit log itself (the spool ingester appends to it directly and flushes it)."""
+        return self._writer
+
     # -- used by the gate ------------------------------------------------------------------
 
     def append(self, payload: dict[str, Any]) -> None:

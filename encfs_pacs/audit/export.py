@@ -64,7 +64,10 @@ ACTIVITY, START, STOP = ("110100", "Application Activity"), ("110120", "Applicat
     ("110121", "Application Stop")
 ACCESSED, ALERT = ("110103", "DICOM Instances Accessed"), ("110113", "Security Alert")
 SECURITY_CONFIGURATION = ("110129", "Security Configuration")
-_CONFIG_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected", "key-change"})
+_CONFIG_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected", "key-change",
+                            # maintenance commands' key events (recorded from the audit spool)
+                            "volume-created", "volume-key-changed", "recovery-key-created",
+                            "recovery-key-checked", "recovery-key-used"})
 _ALERT_EVENTS = frozenset({"security-alert", "integrity-failure"})
 
 

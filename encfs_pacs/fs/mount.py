@@ -27,6 +27,7 @@ from ..access import AccessGate
 from ..audit.dicom import DicomTagCache
 from ..audit.enrich import EnrichingAudit
 from ..audit.forward import ForwardingLogHandler, SyslogForwarder, parse_target
+from ..audit.spool import SpoolIngester, spool_path
 from ..errors import MountFailed, MountpointError, UnmountFailed
 from ..store import Volume
 from ._binding import EncfsFUSE
@@ -203,6 +204,24 @@ def stop_forwarder(forwarder: SyslogForwarder | None) -> None:
             logger.removeHandler(handler)
 
 
+def start_spool(volume: Volume, audit: EnrichingAudit, audit_log: Path) -> SpoolIngester | None:
+    """Record the events maintenance commands queued in the volume (audit/spool.py), then keep
+    polling for new ones. A spool that cannot be read is an alert in the trail, not a failed
+    mount: the trail of file accesses matters more than waiting maintenance events."""
+    ingester = SpoolIngester(volume.backing, audit.writer, volume.master_key, audit_log)  # type: ignore[arg-type]
+    try:
+        count = ingester.start()
+    except OSError as exc:
+        log.error("cannot ingest the audit spool of %s: %s", volume.backing, exc)
+        audit.append({"event": "security-alert", "outcome": "error", "alert": True,
+                      "detail": f"the audit spool {spool_path(volume.backing)} cannot be read ({exc}): "
+                                "events of maintenance commands stay unrecorded"})
+        return None
+    if count:
+        log.info("recorded %d queued maintenance event(s) from the audit spool", count)
+    return ingester
+
+
 def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None = None,
           audit_log: Path | None = None, audit_fail_open: bool = False, syslog: str | None = None,
           syslog_hostname: str | None = None) -> None:
@@ -218,8 +237,11 @@ def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable
 def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None,
            audit_log: Path | None, audit_fail_open: bool, forwarder: SyslogForwarder | None) -> None:
     as_root = os.geteuid() == 0
+    ingester = None
     if audit_log is not None:
-        gate.audit = open_audit(volume, audit_log, fail_open=audit_fail_open, forwarder=forwarder)
+        audit = open_audit(volume, audit_log, fail_open=audit_fail_open, forwarder=forwarder)
+        gate.audit = audit
+        ingester = start_spool(volume, audit, audit_log)  # before serving: queued events first
     gate.holder.start()
     for warning in gate.policy.warnings:
         log.warning("policy: %s", warning)
@@ -265,6 +287,8 @@ def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callabl
         with contextlib.suppress(OSError):
             _registry_file(mountpoint).unlink()
         gate.holder.stop()
+        if ingester is not None:
+            ingester.stop()  # a last pass: events queued in the final second
         if came_up:
             gate.audit.append(_mount_event("unmount", volume, mountpoint, gate))
         if forwarder is not None and audit_log is not None:
