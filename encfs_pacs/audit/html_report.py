@@ -84,9 +84,9 @@ class ReportOptions:
 
 
 MOUNT_EVENTS = frozenset({"mount", "unmount"})
-POLICY_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected"})
+POLICY_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected", "policy-edit"})
 KEY_EVENTS = frozenset({"key-change", "volume-key-changed", "passphrase-changed", "recovery-key-created",
-                        "recovery-key-checked"})
+                        "recovery-key-checked", "recovery-key-used", "volume-created"})
 MAINTENANCE_EVENTS = frozenset({"volume-import", "volume-export", "volume-checked", "fsck", "import",
                                 "export"})
 INTEGRITY_EVENTS = frozenset({"integrity-failure"})
@@ -426,7 +426,12 @@ def _policy_extra(record: Record) -> list[Cell]:
     changes = record.get("changes") if isinstance(record.get("changes"), dict) else {}
     change_text = "; ".join(f"{kind}: {', '.join(map(str, ids))}" for kind, ids in changes.items()
                             if isinstance(ids, list) and ids)
-    return [record.get("rule") or "", str(policy.get("sha256") or "")[:16],
+    rule = record.get("rule") or ""
+    if isinstance(rule, dict):  # a policy-edit names the rule it added/removed, and who did it
+        rule = str(rule.get("id") or "")
+        change_text = f"{record.get('action') or 'edit'} by {query.user_of(record) or '?'}"
+    sha256 = policy.get("sha256") or record.get("policy_sha256") or ""
+    return [rule, str(sha256)[:16],
             len(policy["rules"]) if isinstance(policy.get("rules"), list) else "", change_text]
 
 

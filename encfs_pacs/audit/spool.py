@@ -162,6 +162,13 @@ class Verdict:
     entry_id: str | None = None
 
 
+# Events whose command never holds the volume key, so they cannot carry a MAC: recorded as
+# themselves (marked unauthenticated), not as an alert — an admin's routine `allow add` must not
+# read as an attack in the monthly review. What they claim is cross-checked by the mount's own
+# record (a policy edit is followed by the mount's `policy-reload` with the new SHA-256).
+UNSIGNED_EVENTS = frozenset({"policy-edit"})
+
+
 def _reject(name: str, why: str, raw: bytes | None = None, size: int | None = None) -> Verdict:
     spool: dict[str, Any] = {"file": name, "authenticated": False, "problem": why}
     if raw is not None:
@@ -215,6 +222,10 @@ def examine(folder: Path, name: str, key: bytes, now: float | None = None) -> Ve
     if entry is None:
         return _reject(name, problem, raw, len(raw))
     body = {k: v for k, v in entry.items() if k != "mac"}
+    if entry["mac"] is None and entry["payload"].get("event") in UNSIGNED_EVENTS:
+        record = dict(entry["payload"])
+        record["spool"] = {"id": entry["id"], "file": name, "authenticated": False}
+        return Verdict(record, "delete", entry["id"])
     if entry["mac"] is None:
         return _claim(entry, name, "no MAC: queued without the volume key (e.g. after a wrong "
                                    "passphrase), or injected", "delete")

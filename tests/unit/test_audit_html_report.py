@@ -68,6 +68,12 @@ def month_records() -> list[dict[str, Any]]:
         at(day(9, 10), {"event": "volume-key-changed", "outcome": "success", "uid": 0, "user": "root"}),
         at(day(9, 11), {"event": "volume-checked", "outcome": "clean", "uid": 0, "user": "root"}),
         at(day(9, 12), {"event": "something-new", "outcome": "allowed"}),
+        # Spool-delivered maintenance events carry "who" like accesses do, but are not accesses.
+        at(day(9, 13), {"event": "policy-edit", "outcome": "success", "who": {"uid": 0, "user": "root"},
+                        "action": "add", "rule": {"id": "viewer-2"}, "policy_sha256": "ef" * 32,
+                        "spool": {"id": "1" * 32, "file": "x.json", "authenticated": False}}),
+        at(day(9, 14), {"event": "recovery-key-used", "outcome": "success", "alert": True,
+                        "who": {"uid": 0, "user": "root"}, "purpose": "mount"}),
         at("2026-11-30T23:59:59.999999Z", {"event": "unmount", "outcome": "allowed",
                                            "object": {"path": "/mnt/pacs"}}),
         at("2026-12-01T00:00:00.000000Z", access("yamada", "/usr/bin/dcmdump", "EDGE-AFTER")),
@@ -139,8 +145,8 @@ def test_summary_counts() -> None:
         ("yamada", "/usr/bin/cat", 2), ("mallory & co", "/tmp/<b>x</b>", 1)]
     assert s.after_hours == 2 and [(a.user, a.operations) for a in s.after_hours_rows] == [("yamada", 2)]
     assert [(f.user, len(f.patients)) for f in s.bulk] == [("curious", 21)]
-    assert [r["event"] for r in s.policy] == ["policy-load", "policy-reload", "security-alert"]
-    assert [r["event"] for r in s.keys] == ["volume-key-changed"]
+    assert [r["event"] for r in s.policy] == ["policy-load", "policy-reload", "security-alert", "policy-edit"]
+    assert [r["event"] for r in s.keys] == ["volume-key-changed", "recovery-key-used"]
     assert [r["event"] for r in s.maintenance] == ["volume-checked"]
     assert [r["event"] for r in s.mounts] == ["mount", "unmount"]
     assert [r.get("lost") for r in s.outages] == [3]

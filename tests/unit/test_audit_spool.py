@@ -145,6 +145,18 @@ def test_entries_without_a_mac_are_claims_not_events(backing: Path) -> None:
     assert "no MAC" in verdict.record["detail"] and verdict.action == "delete"
 
 
+def test_an_unsigned_policy_edit_is_recorded_as_itself_marked_unauthenticated(backing: Path) -> None:
+    """`allow` never holds the volume key: its edits are routine, not alerts — but a policy edit
+    whose MAC is present and wrong is still a forgery."""
+    key = audit_spool_key(MK)
+    edit = event(event="policy-edit", action="add")
+    unsigned = examine(spool_path(backing), queue_event(backing, edit, None).path.name, key)
+    assert unsigned.record is not None and unsigned.record["event"] == "policy-edit"
+    assert unsigned.record["spool"]["authenticated"] is False and "alert" not in unsigned.record
+    forged = examine(spool_path(backing), queue_event(backing, edit, OTHER_KEY).path.name, key)
+    assert forged.record is not None and forged.record["event"] == "security-alert"
+
+
 def test_fresh_temporary_files_are_left_for_their_writer(backing: Path) -> None:
     folder = spool_path(backing)
     folder.mkdir(mode=0o700)
