@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .audit import forward
 from .errors import ConfigInvalid, EncfsPacsError
 from .policy.loader import DEFAULT_POLICY_PATH
 
 DEFAULT_CONFIG_DIR = Path("/etc/encfs-pacs")
 # systemd credential names: no slashes, not "." or ".." (they name a file in $CREDENTIALS_DIRECTORY).
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
-SYSLOG_UDP = re.compile(r"^udp://(?P<host>[A-Za-z0-9_.:-]+):(?P<port>[0-9]{1,5})$")
 
 # The kinds a key can have: what the TOML value must be and how the message names it.
-PATH, BOOL, NAME, SYSLOG, KMS = "path", "bool", "credential name", "syslog target", "key service URI"
+PATH, BOOL, NAME, SYSLOG, HOSTNAME = "path", "bool", "credential name", "syslog target", "host name"
+KMS = "key service URI"
 KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "kms", "recovery_key_file")
 
 
@@ -71,8 +72,12 @@ SCHEMA: dict[str, Key] = {
                     "under systemd; syslog in the background)",
                     example='"/var/log/encfs-pacs/orthanc-db.log"'),
     "verbose": Key(BOOL, False, "log debug details", example="false"),
-    "syslog": Key(SYSLOG, None, "also send the daemon log to this syslog target: an absolute path of "
-                  "a local socket (\"/dev/log\") or \"udp://HOST:PORT\"", example='"/dev/log"'),
+    "syslog": Key(SYSLOG, None, "syslog collector: \"udp://HOST:PORT\" or \"tcp://HOST:PORT\" receives "
+                  "every audit record (RFC 5424, MSGID audit) and the daemon log (MSGID log); a local "
+                  "socket path (\"/dev/log\") receives the daemon log only", example='"tcp://127.0.0.1:514"'),
+    "syslog_hostname": Key(HOSTNAME, None, "HOSTNAME in the messages sent to the syslog collector "
+                           "(default: this host's name; used only with a udp:// or tcp:// syslog target)",
+                           example='"pacs-acq.hospital.example"'),
 }
 
 
@@ -99,7 +104,8 @@ def defaults() -> dict[str, Any]:
 def _expected(spec: Key) -> str:
     return {PATH: "a path (string)", BOOL: "true or false",
             NAME: "a credential name (letters, digits, _ . @ -; no slash)",
-            SYSLOG: 'an absolute socket path like "/dev/log" or "udp://HOST:PORT"',
+            SYSLOG: forward.TARGET_EXPECTED,
+            HOSTNAME: "1-255 printable ASCII characters without spaces",
             KMS: 'a "pkcs11:..." or "kmip://..." URI with absolute file paths (docs/key-services.md)',
             }[spec.kind]
 
@@ -127,8 +133,16 @@ def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
         except EncfsPacsError as exc:
             fail(key, value, f"{_expected(spec)}: {exc}")
         return value
-    match = SYSLOG_UDP.match(value)
-    if not (value.startswith("/") or (match and 0 < int(match["port"]) < 65536)):
+    if spec.kind == HOSTNAME:
+        try:
+            return forward.check_hostname(value)
+        except ValueError:
+            fail(key, value, _expected(spec))
+    if value.startswith("/"):
+        return value
+    try:
+        forward.parse_target(value)
+    except ValueError:
         fail(key, value, _expected(spec))
     return value
 
@@ -194,7 +208,7 @@ def merge(config: MountConfig, overrides: dict[str, Any],
 
     values = dict(config.values)
     for key, value in overrides.items():
-        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, KMS):
+        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, HOSTNAME, KMS):
             _check_value(key, value, Path.cwd(), fail)
     if any(overrides.get(key) is not None for key in KEY_SOURCES):
         for key in KEY_SOURCES:

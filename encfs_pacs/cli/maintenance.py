@@ -2,7 +2,8 @@
 
 The work is done by ``encfs_pacs.maintenance``; this module reads secrets (files or a
 terminal prompt, never the command line), draws progress on a terminal, prints summaries
-(or --json) and hands each command's audit event to ``maintenance.events.audit_event``.
+(or --json) and hands each command's audit event to ``maintenance.events.audit_event``, which
+queues it for the volume's audit trail; one line on stderr says where it went.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from ..crypto import keys
 from ..crypto.recovery_key import Share
 from ..crypto.volume_config import KDF_KEYFILE
 from ..errors import (
-    EncfsPacsError,
     KeySourceError,
+    RecoveryKeyError,
     TransferIncomplete,
     VolumeDamaged,
+    WrongPassphrase,
 )
 from ..maintenance import exporter, importer, rekey
 from ..maintenance import fsck as fsck_mod
-from ..maintenance.events import audit_event, make_event
+from ..maintenance.events import audit_event, authenticate, make_event
 from ..maintenance.tree import Summary
 from .keysource import (
     keyfile_option,
@@ -79,6 +81,17 @@ def current_secret(backing: Path, passphrase_file: Path | None, keyfile: Path | 
         raise KeySourceError("this volume is unlocked with a keyfile: give --keyfile FILE "
                              "(or --recovery-key-file FILE)")
     return rekey.OldSecret(store.Secret("passphrase", _prompt("Current passphrase: ")))
+
+
+def record(event: dict[str, Any]) -> None:
+    """Queue the command's audit event and say where it went (stderr: stdout may be --json)."""
+    click.echo(f"audit: {audit_event(event)}", err=True)
+
+
+def unlocked_with(passphrase_file: Path | None, keyfile: Path | None, recovery_key_file: Path | None) -> str:
+    if recovery_key_file is not None:
+        return rekey.RECOVERY
+    return "keyfile" if keyfile is not None else "passphrase"
 
 
 def unlock(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
@@ -194,11 +207,13 @@ def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None, km
         new = store.Secret("passphrase", _prompt("New passphrase: ", "Repeat new passphrase: "))
     try:
         event = rekey.change_secret(backing, old, new, scrypt_log_n)
-    except EncfsPacsError as exc:
-        audit_event(make_event("volume-key-changed", outcome="failure", backing=str(backing.absolute()),
-                               unlocked_with=old.kind, reason=str(exc)))
+    except (WrongPassphrase, RecoveryKeyError) as exc:
+        # A failed unlock attempt (not a typo in the options). Unauthenticated, as no key was
+        # unlocked: the trail records it as an unverified claim.
+        record(make_event("volume-key-changed", outcome="error", backing=str(backing.absolute()),
+                          unlocked_with=old.kind, reason=str(exc)))
         raise
-    audit_event(event)
+    record(event)
     what = f"key service ({new.service})" if new.service is not None else (
         "keyfile" if new.kind == "keyfile" else "passphrase")
     click.echo(f"changed the {what} of {backing} "
@@ -241,7 +256,7 @@ def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Pa
     old = current_secret(backing, passphrase_file, keyfile, None, kms)
     threshold = shares if threshold is None else threshold
     config, made, event = rekey.create_recovery_key(backing, old, shares, threshold)
-    audit_event(event)
+    record(event)
     echo_recovery_key(backing, config.key_id, made, threshold)
 
 
@@ -273,9 +288,10 @@ def recovery_key_check(backing: Path, recovery_key_file: Path) -> None:
     Example:
       encfs-pacs recovery-key check /srv/pacs-encrypted --recovery-key-file typed-shares.txt
     """
-    rekey.master_key_from_recovery_file(backing, recovery_key_file)
-    audit_event(make_event("recovery-key-checked", outcome="success", backing=str(backing.absolute()),
-                           key_id=store.read_config(backing).key_id.hex()))
+    master = rekey.master_key_from_recovery_file(backing, recovery_key_file)
+    record(authenticate(make_event("recovery-key-checked", outcome="success", backing=str(backing.absolute()),
+                                   key_id=store.read_config(backing).key_id.hex(),
+                                   unlocked_with=rekey.RECOVERY), master))
     click.echo(f"the recovery key in {recovery_key_file} unlocks {backing}")
 
 
@@ -308,11 +324,11 @@ def _print_summary(summary: Summary, verb: str, json_output: bool) -> None:
         click.echo(summary.stopped)
 
 
-def _finish_transfer(summary: Summary, what: str, backing: Path, event: str, **fields: Any) -> None:
-    audit_event(make_event(event, outcome="success" if summary.ok else "incomplete",
-                           backing=str(backing.absolute()), files=summary.files_done,
-                           bytes=summary.bytes_done, skipped=summary.skipped_files,
-                           failed=len(summary.failed), **fields))
+def _finish_transfer(summary: Summary, what: str, volume: store.Volume, event: str, **fields: Any) -> None:
+    record(authenticate(make_event(event, outcome="success" if summary.ok else "incomplete",
+                                   backing=str(volume.backing.absolute()), files=summary.files_done,
+                                   bytes=summary.bytes_done, skipped=summary.skipped_files,
+                                   failed=len(summary.failed), **fields), volume.master_key))
     if not summary.ok:
         raise TransferIncomplete(
             f"{len(summary.failed)} item(s) could not be {what} (listed above); fix the cause and run "
@@ -352,8 +368,9 @@ def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None,
                                    replace_changed=replace_changed,
                                    progress=progress_for("importing", json_output))
     _print_summary(summary, "imported", json_output)
-    _finish_transfer(summary, "imported", backing, "volume-import", source=str(plain_dir.absolute()),
-                     remove_source=remove_source, sources_removed=summary.sources_removed)
+    _finish_transfer(summary, "imported", volume, "volume-import", source=str(plain_dir.absolute()),
+                     remove_source=remove_source, sources_removed=summary.sources_removed,
+                     unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file))
 
 
 @click.command("export")
@@ -380,7 +397,8 @@ def export_command(backing: Path, dest: Path, passphrase_file: Path | None, keyf
     summary = exporter.export_volume(volume, dest, resume=resume,
                                      progress=progress_for("exporting", json_output))
     _print_summary(summary, "exported", json_output)
-    _finish_transfer(summary, "exported", backing, "volume-export", destination=str(dest.absolute()))
+    _finish_transfer(summary, "exported", volume, "volume-export", destination=str(dest.absolute()),
+                     unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file))
 
 
 # ---------------------------------------------------------------------------- fsck
@@ -441,9 +459,11 @@ def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | No
         _print_fsck(result)
         for path in moved:
             click.echo(f"MOVED     {path} -> {quarantine / path}")
-    audit_event(make_event("volume-checked", outcome="clean" if result.clean else "damaged",
-                           backing=str(backing.absolute()), damaged=len(result.damaged),
-                           leftovers=len(result.leftovers), quarantined=moved))
+    record(authenticate(make_event("volume-checked", outcome="clean" if result.clean else "damaged",
+                                   backing=str(backing.absolute()), damaged=len(result.damaged),
+                                   leftovers=len(result.leftovers), quarantined=moved,
+                                   unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file)),
+                        volume.master_key))
     if not result.clean:
         where = f"; {len(moved)} moved to {quarantine}" if moved else ""
         raise VolumeDamaged(f"{len(result.damaged)} damaged file(s) in {backing} (listed above){where}")

@@ -91,6 +91,13 @@ def audit_key_store_key(master_key: bytes) -> bytes:
     return _hkdf(master_key, b"encfs-pacs v1 audit key store")
 
 
+def audit_spool_key(master_key: bytes) -> bytes:
+    """HMAC key of the audit spool (``.encfs-pacs/audit-spool/``): maintenance commands, which
+    hold the master key, authenticate the events they queue for the mount's audit trail, so a
+    process that can write the folder but lacks the key cannot pass off an event as theirs."""
+    return _hkdf(master_key, b"encfs-pacs v1 audit spool mac")
+
+
 def file_key(content_root: bytes, file_id: bytes) -> bytes:
     """Per-file AES key. Random 96-bit nonces under one key are safe for about 2^32 chunks;
     a key per file keeps that bound per file instead of per archive (a PACS writes far
