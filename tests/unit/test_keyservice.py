@@ -5,12 +5,18 @@ tests/integration/test_kms_pkcs11.py and test_kms_kmip.py."""
 from __future__ import annotations
 
 import base64
+import datetime
+import ipaddress
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from encfs_pacs import config as config_schema
 from encfs_pacs import keyservice, store
@@ -23,6 +29,7 @@ from encfs_pacs.errors import (
     UnsupportedFormat,
     UsageError,
 )
+from encfs_pacs.keyservice import kmip as kmip_client
 
 from .softkms import SoftKmip, SoftPkcs11
 from .test_fixture_volumes import FIXTURES, MANIFEST, _walk
@@ -230,3 +237,35 @@ def test_config_file_kms_key(tmp_path: Path) -> None:
     path.write_text('backing = "/b"\nmountpoint = "/m"\nkms = "kmip://k/1"\nkeyfile = "/k"\n')
     with pytest.raises(ConfigInvalid, match="at most one"):
         config_schema.load(path)
+
+
+# ---------------------------------------------------------------------------- KMIP server names
+
+
+def _certificate(*names: x509.GeneralName) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms.hospital.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+               .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+@pytest.mark.parametrize(("names", "host", "expected"), [
+    ((x509.DNSName("kms.hospital.example"),), "kms.hospital.example", True),
+    ((x509.DNSName("KMS.hospital.example."),), "kms.hospital.example", True),
+    ((x509.DNSName("*.hospital.example"),), "kms.hospital.example", True),
+    ((x509.DNSName("*.hospital.example"),), "a.kms.hospital.example", False),  # one label only
+    ((x509.DNSName("*.hospital.example"),), "hospital.example", False),
+    ((x509.DNSName("other.hospital.example"),), "kms.hospital.example", False),
+    ((x509.IPAddress(ipaddress.ip_address("10.0.0.5")),), "10.0.0.5", True),
+    ((x509.DNSName("10.0.0.5"),), "10.0.0.5", False),  # an address must be an iPAddress entry
+    ((x509.IPAddress(ipaddress.ip_address("10.0.0.5")),), "10.0.0.6", False),
+    ((), "kms.hospital.example", False),  # the common name alone does not count
+])
+def test_kmip_server_certificate_must_name_the_host(names: tuple[x509.GeneralName, ...], host: str,
+                                                    expected: bool) -> None:
+    assert kmip_client._names_host(_certificate(*names), host) is expected
