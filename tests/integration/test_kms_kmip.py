@@ -293,3 +293,20 @@ def test_a_server_certificate_for_another_name_is_refused(tmp_path: Path) -> Non
         result = run_cli("init", tmp_path / "new", "--kms", server.uri("1"), check=False)
         assert_clean_error(result, 32, "does not name '127.0.0.1'")
         assert not (tmp_path / "new").exists()
+
+
+def test_mount_config_file_kms_key(volume: tuple[Path, str], server: KmipServer, mountpoint: Path,
+                                   tmp_path: Path) -> None:
+    backing, _ = volume
+    config = tmp_path / "mount.toml"
+    config.write_text(f'backing = "{backing}"\nmountpoint = "{mountpoint}"\nkms = "{server.uri()}"\n'
+                      f'no_policy = true\nno_audit = true\nlog_file = "{tmp_path / "daemon.log"}"\n')
+    run_cli("mount", "--config", config)
+    try:
+        (mountpoint / "a.txt").write_text("through the config file")
+        server.stop()  # the running mount has its key in memory
+        assert (mountpoint / "a.txt").read_text() == "through the config file"
+    finally:
+        run_cli("unmount", mountpoint, check=False)
+    assert_clean_error(run_cli("mount", "--config", config, check=False), 31, "cannot reach")
+    assert not is_fuse_mounted(mountpoint)
