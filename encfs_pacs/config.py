@@ -23,10 +23,12 @@ from .policy.loader import DEFAULT_POLICY_PATH
 DEFAULT_CONFIG_DIR = Path("/etc/encfs-pacs")
 # systemd credential names: no slashes, not "." or ".." (they name a file in $CREDENTIALS_DIRECTORY).
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
+# --audit-host: a file name in the volume's metadata folder, so no slash, not "." or "..".
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SYSLOG_UDP = re.compile(r"^udp://(?P<host>[A-Za-z0-9_.:-]+):(?P<port>[0-9]{1,5})$")
 
 # The kinds a key can have: what the TOML value must be and how the message names it.
-PATH, BOOL, NAME, SYSLOG = "path", "bool", "credential name", "syslog target"
+PATH, BOOL, NAME, SYSLOG, HOST = "path", "bool", "credential name", "syslog target", "host name"
 KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "recovery_key_file")
 
 
@@ -62,6 +64,12 @@ SCHEMA: dict[str, Key] = {
     "no_audit": Key(BOOL, False, "keep no audit trail (testing only)", example="false"),
     "audit_fail_open": Key(BOOL, False, "keep serving when the audit log cannot be written "
                            "(default: refuse access)", example="false"),
+    "audit_host": Key(HOST, None, "with shared storage: this server's name for its own audit key "
+                      "store and anchor in the volume (each mount of one volume needs its own; "
+                      "not set: the volume-wide store, for a single mount)", example='"acq-server"'),
+    "shared_storage": Key(BOOL, False, "other mounts (other servers) use the same backing folder: "
+                          "close-to-open consistency and file locks instead of kernel caching "
+                          "(docs/shared-storage.md)", example="false"),
     "learn": Key(BOOL, False, "deny nothing; record what the policy would deny", example="false"),
     "log_file": Key(PATH, None, "daemon log (default: stderr in the foreground, i.e. the journal "
                     "under systemd; syslog in the background)",
@@ -95,7 +103,8 @@ def defaults() -> dict[str, Any]:
 def _expected(spec: Key) -> str:
     return {PATH: "a path (string)", BOOL: "true or false",
             NAME: "a credential name (letters, digits, _ . @ -; no slash)",
-            SYSLOG: 'an absolute socket path like "/dev/log" or "udp://HOST:PORT"'}[spec.kind]
+            SYSLOG: 'an absolute socket path like "/dev/log" or "udp://HOST:PORT"',
+            HOST: "a host name (letters, digits, _ . -; at most 64, no slash)"}[spec.kind]
 
 
 def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
@@ -111,6 +120,10 @@ def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
         return path if path.is_absolute() else base / path
     if spec.kind == NAME:
         if not CREDENTIAL_NAME.match(value) or value in (".", ".."):
+            fail(key, value, _expected(spec))
+        return value
+    if spec.kind == HOST:
+        if not HOST_NAME.match(value):
             fail(key, value, _expected(spec))
         return value
     match = SYSLOG_UDP.match(value)
@@ -150,9 +163,10 @@ def check_consistency(config: MountConfig, error: type[EncfsPacsError] = ConfigI
     if values["no_policy"] and values["learn"]:
         raise error(f"{source}: 'learn' needs a policy to compare against; "
                             "expected no_policy = false")
-    if values["no_audit"] and (values["audit_log"] or values["audit_fail_open"] or values["learn"]):
+    if values["no_audit"] and (values["audit_log"] or values["audit_fail_open"] or values["learn"]
+                               or values["audit_host"]):
         raise error(f"{source}: 'no_audit' cannot be combined with audit_log, "
-                            "audit_fail_open or learn; expected no_audit = false")
+                            "audit_fail_open, audit_host or learn; expected no_audit = false")
     return config
 
 
@@ -180,7 +194,7 @@ def merge(config: MountConfig, overrides: dict[str, Any],
 
     values = dict(config.values)
     for key, value in overrides.items():
-        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG):
+        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, HOST):
             _check_value(key, value, Path.cwd(), fail)
     if any(overrides.get(key) is not None for key in KEY_SOURCES):
         for key in KEY_SOURCES:

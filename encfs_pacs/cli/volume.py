@@ -15,7 +15,7 @@ from .. import config as config_schema
 from .. import store
 from ..access import NullAudit, open_gate
 from ..crypto import keys, volume_config
-from ..errors import UsageError
+from ..errors import MountFailed, UsageError
 from ..maintenance.events import audit_event
 from ..policy.loader import DEFAULT_POLICY_PATH
 from .keysource import credential_option, keyfile_option, passphrase_file_option, secret_from_options
@@ -171,6 +171,12 @@ def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.V
 @click.option("--learn", is_flag=True,
               help="Deny nothing; record every access the policy would deny "
                    "(then: encfs-pacs policy suggest).")
+@click.option("--shared-storage", is_flag=True,
+              help="Other servers mount the same backing folder (NAS): close-to-open consistency "
+                   "and file locks instead of kernel caching (docs/shared-storage.md).")
+@click.option("--audit-host", metavar="NAME",
+              help="This server's own audit key store and anchor in the volume (needed when "
+                   "several servers mount one volume with audit logs).")
 @click.pass_context
 def mount(ctx: click.Context, config_file: Path | None, foreground: bool, **_: object) -> None:
     """Mount the volume BACKING as plaintext on MOUNTPOINT.
@@ -209,12 +215,22 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
     gate = open_gate(None if settings["no_policy"] else settings["policy"].absolute(), NullAudit(),
                      learn=settings["learn"])
     volume = unlock_volume(backing, settings)
+    if settings["shared_storage"]:
+        try:
+            volume.enable_shared_storage()
+        except OSError as exc:
+            raise MountFailed(
+                f"--shared-storage needs advisory file locks on {backing}, which refuses them "
+                f"({exc.strerror}); on NFS mount with locking (NFSv4, or lockd for NFSv3; not 'nolock')"
+            ) from None
+    audit_host = settings["audit_host"]
     if foreground:
         configure_logging(log_file, foreground=True, verbose=verbose, syslog=syslog)
         try:
             fs_mount.serve(volume, mountpoint, gate,
                            on_ready=lambda: notify.ready(f"serving {backing} on {mountpoint}"),
-                           audit_log=audit_path, audit_fail_open=settings["audit_fail_open"])
+                           audit_log=audit_path, audit_fail_open=settings["audit_fail_open"],
+                           audit_host=audit_host)
         finally:
             # Reached once the kernel mount is gone; the audit log is sealed by now.
             notify.stopping(f"unmounted {mountpoint}")
@@ -222,7 +238,7 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
     pid = fs_mount.mount_in_background(
         volume, mountpoint, gate, log_file,
         lambda: configure_logging(log_file, foreground=False, verbose=verbose, syslog=syslog),
-        audit_log=audit_path, audit_fail_open=settings["audit_fail_open"])
+        audit_log=audit_path, audit_fail_open=settings["audit_fail_open"], audit_host=audit_host)
     click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
 
 

@@ -116,6 +116,7 @@ def _register(mountpoint: Path, volume: Volume, gate: AccessGate | None = None,
                   "backing": str(volume.backing),
                   "policy": None if gate is None or gate.holder.path is None else str(gate.holder.path),
                   "learn": bool(gate is not None and gate.learn),
+                  "shared_storage": volume.shared,
                   "audit_log": None if audit_log is None else os.path.abspath(audit_log)}
         fd = os.open(_registry_file(mountpoint), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
@@ -158,7 +159,8 @@ def _mount_event(event: str, volume: Volume, mountpoint: Path, gate: AccessGate)
                        f"policy {gate.policy.source}")}
 
 
-def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool) -> EnrichingAudit:
+def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool,
+               host: str | None = None) -> EnrichingAudit:
     """The volume's audit trail, with patient and study added from DICOM headers.
 
     Opened in the daemon itself (its writer thread would not survive the fork); a failure
@@ -168,17 +170,22 @@ def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool) -> Enriching
     # The writer itself always keeps records it cannot write yet (in memory, up to its limit):
     # records of accesses the gate let through just before an outage must not be lost. Failing
     # closed is the gate's job: it asks the sink before every access (EnrichingAudit.check).
-    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=True)
+    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=True, host=host)
     return EnrichingAudit(writer, DicomTagCache(volume), fail_open=fail_open)
 
 
 def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None = None,
-          audit_log: Path | None = None, audit_fail_open: bool = False) -> None:
-    """Run the file system until it is unmounted. Blocks."""
+          audit_log: Path | None = None, audit_fail_open: bool = False,
+          audit_host: str | None = None) -> None:
+    """Run the file system until it is unmounted. Blocks.
+
+    ``audit_host``: sign the audit log with this host's own key store in the volume (shared
+    storage: every mount of one volume has its own). Shared storage itself is switched on in
+    ``volume`` (Volume.enable_shared_storage) before this is called."""
     as_root = os.geteuid() == 0
     _reload_on_sighup(gate)  # first: threads started later inherit the blocked SIGHUP
     if audit_log is not None:
-        gate.audit = open_audit(volume, audit_log, fail_open=audit_fail_open)
+        gate.audit = open_audit(volume, audit_log, fail_open=audit_fail_open, host=audit_host)
     gate.holder.start()
     for warning in gate.policy.warnings:
         log.warning("policy: %s", warning)
@@ -241,7 +248,7 @@ def _detach_stdio(log_file: Path | None) -> None:
 
 def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_file: Path | None,
                         configure_logging: Callable[[], None], audit_log: Path | None = None,
-                        audit_fail_open: bool = False) -> int:
+                        audit_fail_open: bool = False, audit_host: str | None = None) -> int:
     """Fork the daemon; return its pid once the mount is usable."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -259,7 +266,7 @@ def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_
                 os.write(write_end, b"OK\n")
 
             serve(volume, mountpoint, gate, on_ready=ready, audit_log=audit_log,
-                  audit_fail_open=audit_fail_open)
+                  audit_fail_open=audit_fail_open, audit_host=audit_host)
             code = 0
         except BaseException as exc:  # report any reason to the waiting parent, then die
             with contextlib.suppress(OSError):

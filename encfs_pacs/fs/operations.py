@@ -28,6 +28,14 @@ from ._binding import FuseOSError, Operations, fuse_get_context
 log = logging.getLogger("encfs_pacs.fs")
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Shared storage (Volume.shared, docs/shared-storage.md): how long the kernel may trust a name
+# lookup or a file's attributes without asking the daemon. 0 s gives NFS's close-to-open rule
+# and more: every open and stat reaches the daemon, so a file another mount closed is seen with
+# its new size, and deleted, renamed or new names at once. A single-host mount keeps libfuse's
+# defaults (1 s), which are correct there because every change goes through that mount.
+SHARED_ENTRY_TIMEOUT = 0.0
+SHARED_ATTR_TIMEOUT = 0.0
+
 
 def _errno_boundary(method: F) -> F:
     @functools.wraps(method)
@@ -90,11 +98,16 @@ class EncryptedOperations(Operations):
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
+            if self.volume.shared:
+                config.entry_timeout = SHARED_ENTRY_TIMEOUT
+                config.attr_timeout = SHARED_ATTR_TIMEOUT
+                config.negative_timeout = 0.0  # (libfuse's default too: a new name shows at once)
             config.use_ino = 1  # st_ino from the backing file: hard links and `find -inum` work
             # hard_remove stays off: with it, libfuse's high-level API answers fstat() on an
             # unlinked open file with ESTALE. Instead libfuse renames such a file to
             # .fuse_hidden*, which the volume hides from listings (see Volume.list_dir/rmdir).
-        log.info("mounted volume %s", self.volume.describe())
+        log.info("mounted volume %s%s", self.volume.describe(),
+                 " (shared storage: no kernel caching across opens)" if self.volume.shared else "")
         if self._on_ready is not None:
             self._on_ready()
 
@@ -291,7 +304,11 @@ class EncryptedOperations(Operations):
             # Keep the file's cached pages across opens (warm re-reads 3x faster): every change
             # goes through this mount, so the cache is never stale, and only allowed plaintext
             # handles read through it (denied callers get no handle, ciphertext ones direct I/O).
-            fi.keep_cache = 1
+            # Not on shared storage: another mount may have changed the file, and the kernel
+            # drops the file's pages at every open without keep_cache (close-to-open). Keeping
+            # them when mtime/size look unchanged (libfuse's auto_cache) is not safe: backing
+            # timestamps are coarse, so a same-size rewrite in the same tick would go unseen.
+            fi.keep_cache = 0 if self.volume.shared else 1
         return self._register(Handle(file, grants[-1]), fi)
 
     @_errno_boundary
@@ -358,7 +375,9 @@ class EncryptedOperations(Operations):
     # Deliberately not implemented, so libfuse answers ENOSYS once and the kernel stops asking
     # or handles it itself: getxattr/setxattr (security.capability is probed on every write),
     # ioctl (the kernel turns ENOSYS into ENOTTY for isatty()), lock/flock (kernel-local POSIX
-    # locks are correct for a single-host mount), access (default_permissions checks modes).
+    # locks are correct for a single-host mount; on shared storage they do not reach the other
+    # mounts: docs/shared-storage.md says why they are not forwarded), access
+    # (default_permissions checks modes).
 
 
 def _is_hidden(path: str) -> bool:

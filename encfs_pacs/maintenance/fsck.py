@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..audit.signing import HOSTS_DIR, KEY_STORE_FILE
 from ..errors import UsageError
 from ..store import CONFIG_FILE, FUSE_HIDDEN_PREFIX, META_DIR, ORPHANS_DIR, Volume
 from . import codec
@@ -38,6 +39,10 @@ from .importer import STAGING_DIR
 from .locking import LOCK_FILE, maintenance_lock
 from .progress import NoProgress, Progress
 from .tree import describe, open_source, walk
+
+# The audit trail's key stores and writer locks (audit/signing.py, audit/writer.py): the
+# volume-wide one, and one folder per --audit-host on shared storage.
+_AUDIT_NAMES = (KEY_STORE_FILE, "audit-key.lock", HOSTS_DIR)
 
 
 @dataclass
@@ -126,7 +131,7 @@ class Checker:
         meta = self.volume.backing / META_DIR
         for entry in sorted(os.listdir(meta)):
             rel = f"{META_DIR}/{entry}"
-            if entry in (CONFIG_FILE, LOCK_FILE):
+            if entry in (CONFIG_FILE, LOCK_FILE, *_AUDIT_NAMES):
                 continue
             if entry in _META_EXPLAINED:
                 self._leftover(rel, _META_EXPLAINED[entry])
