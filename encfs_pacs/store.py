@@ -29,6 +29,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +61,12 @@ GROW_BATCH = 64  # chunks encrypted per write when a file grows by truncate/spar
 # of the file" (l_len 0): the range above it stays free for forwarding applications' own
 # fcntl locks one day (plaintext offset + LOCK_SPAN), without conflicting with ours.
 LOCK_SPAN = 1 << 62
+# Shared storage, page cache kept across opens (Volume.cache_still_valid): a file is trusted
+# unchanged by its size, mtime and ctime only once it had been quiet this long when they were
+# taken, because a second change within one timestamp tick (coarse file system clocks) or
+# within the clock skew between hosts would leave all three the same (git's "racy clean" rule).
+CACHE_QUIET_NS = 3 * 10**9
+CACHE_MARKS_MAX = 100_000  # remembered (file, name) signatures; forgetting one only costs a re-read
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -534,6 +541,8 @@ class Volume:
         self._root = str(self.backing)
         self.shared = False  # other mounts use the same backing folder (enable_shared_storage)
         self._config_seen: Signature | None = None
+        # (dev, ino, mount path) -> (signature, when it was taken in ns): see cache_still_valid
+        self._cache_marks: dict[tuple[int, int, str], tuple[Signature, int]] = {}
 
     # -- shared storage ----------------------------------------------------------------------
 
@@ -551,6 +560,26 @@ class Volume:
         finally:
             os.close(fd)
         self.shared = True
+
+    def cache_still_valid(self, handle: OpenFile, path: str) -> bool:
+        """Shared storage, at open: may what this mount cached of ``path`` at earlier opens
+        still be served? NFS's close-to-open revalidation: yes if the backing file's size,
+        mtime and ctime are those seen at the last open of this name and the file had been
+        quiet for CACHE_QUIET_NS by then (see CACHE_QUIET_NS); otherwise the caller drops
+        the cache and this open's signature is remembered for the next one.
+
+        Keyed by name too: two hard links have separate kernel caches, filled at different times."""
+        st = os.fstat(handle.fd)
+        key, now = (st.st_dev, st.st_ino, path), time.time_ns()
+        mark = self._cache_marks.get(key)
+        quiet_since = now if mark is None else mark[1] - CACHE_QUIET_NS
+        if (mark is not None and mark[0] == signature(st)
+                and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since):
+            return True
+        if len(self._cache_marks) >= CACHE_MARKS_MAX:
+            self._cache_marks.clear()
+        self._cache_marks[key] = (signature(st), now)
+        return False
 
     def check_config(self) -> None:
         """Shared storage: re-read the volume config when another host replaced it (passwd).

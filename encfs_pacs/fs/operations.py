@@ -304,11 +304,11 @@ class EncryptedOperations(Operations):
             # Keep the file's cached pages across opens (warm re-reads 3x faster): every change
             # goes through this mount, so the cache is never stale, and only allowed plaintext
             # handles read through it (denied callers get no handle, ciphertext ones direct I/O).
-            # Not on shared storage: another mount may have changed the file, and the kernel
-            # drops the file's pages at every open without keep_cache (close-to-open). Keeping
-            # them when mtime/size look unchanged (libfuse's auto_cache) is not safe: backing
-            # timestamps are coarse, so a same-size rewrite in the same tick would go unseen.
-            fi.keep_cache = 0 if self.volume.shared else 1
+            # On shared storage another mount may have changed the file: keep the pages only
+            # if the backing file is provably unchanged since this name's last open (libfuse's
+            # auto_cache idea, made safe against coarse timestamps: Volume.cache_still_valid);
+            # without keep_cache the kernel drops them at this open (close-to-open).
+            fi.keep_cache = int(not self.volume.shared or self.volume.cache_still_valid(file, path))
         return self._register(Handle(file, grants[-1]), fi)
 
     @_errno_boundary

@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 from conftest import TEST_SCRYPT_LOG_N, Mounted, run_cli
 
+from encfs_pacs import store
+
 from . import shared_worker
 
 pytestmark = pytest.mark.integration
 
 CHUNK = 65536  # the volume fixture's chunk size (the default)
+CACHE_QUIET_S = store.CACHE_QUIET_NS / 1e9
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17]
 
 
@@ -85,6 +88,24 @@ def test_append_truncate_rename_unlink_mkdir_are_seen_without_remounting(
     (a.mountpoint / "study").rmdir()
     assert not (b.mountpoint / "study").exists()
     fsck_clean(a)
+
+
+def test_pages_kept_for_an_unchanged_file_are_dropped_once_the_other_mount_rewrites_it(
+        mount_volume: Callable[..., Mounted]) -> None:
+    """B keeps its page cache across opens of a file that was quiet (a warm PACS re-read);
+    a same-size rewrite on A must still be seen at B's next open. (Two safeguards catch it
+    here: the daemon's signature check and, since attributes are never cached, the kernel's
+    own mtime check. A rewrite within one timestamp tick, which only the daemon's quiet-period
+    rule catches, cannot be produced on demand: tests/unit/test_shared_store.py covers it.)"""
+    a, b = shared_pair(mount_volume)
+    old, new = os.urandom(3 * CHUNK), os.urandom(3 * CHUNK)
+    write(a.mountpoint / "prior.dcm", old)
+    time.sleep(CACHE_QUIET_S + 0.5)
+    assert (b.mountpoint / "prior.dcm").read_bytes() == old  # B's first open: remembered
+    time.sleep(CACHE_QUIET_S + 0.5)
+    assert (b.mountpoint / "prior.dcm").read_bytes() == old  # quiet and unchanged: cache kept
+    write(a.mountpoint / "prior.dcm", new)  # same size
+    assert (b.mountpoint / "prior.dcm").read_bytes() == new
 
 
 def test_a_handle_held_open_on_one_mount_follows_rewrites_on_the_other(

@@ -9,6 +9,7 @@ the switch exists for: without it, a stale cached size turns into a damaged file
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,27 @@ def test_without_shared_storage_a_stale_size_damages_the_file(backing: Path) -> 
         held.close()
     with pytest.raises(IntegrityError):
         read_all(mount(backing, shared=False), "/f")
+
+
+def test_cache_is_trusted_only_for_a_file_unchanged_and_quiet_since_the_last_open(
+        backing: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = mount(backing), mount(backing)
+    a.create("/f", 0o600, os.O_RDWR).close()
+    write(a, "/f", b"1" * 100)
+
+    def valid() -> bool:
+        handle = b.open("/f", os.O_RDONLY)
+        try:
+            return b.cache_still_valid(handle, "/f")
+        finally:
+            handle.close()
+
+    assert not valid()  # first open of this name: nothing cached to trust
+    # Unchanged but changed just before that open: a same-tick change could hide, so no.
+    assert not valid()
+    later = time.time_ns() + 2 * store.CACHE_QUIET_NS
+    monkeypatch.setattr(store.time, "time_ns", lambda: later)
+    assert not valid()  # the last mark was still taken too soon after the change
+    assert valid()  # quiet for long enough before the last mark, and unchanged since
+    write(a, "/f", b"2" * 100)  # same size, other bytes, from the other mount
+    assert not valid()
