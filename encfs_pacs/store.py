@@ -14,7 +14,8 @@ possibly on other hosts, use the same backing folder, every read and write also 
 advisory OFD lock on the backing file (read lock / write lock) and re-checks the backing file's
 size, mtime and ctime under it: if another mount changed the file, the cached size and per-file
 header are dropped and read again. A 0-byte backing file is then an empty file whose creator
-has not written its header yet (whoever takes the write lock first writes it).
+has not written its header yet (whoever takes the write lock first writes it). Applications'
+fcntl locks are forwarded to the backing file too (OpenFile.set_lock).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ ORPHANS_DIR = "orphans"  # in META_DIR: unlinked-but-open files whose directory 
 FUSE_HIDDEN_PREFIX = ".fuse_hidden"
 GROW_BATCH = 64  # chunks encrypted per write when a file grows by truncate/sparse write (4 MiB at 64K)
 # Shared storage: the byte range of the backing file our advisory locks cover. Not "to the end
-# of the file" (l_len 0): the range above it stays free for forwarding applications' own
-# fcntl locks one day (plaintext offset + LOCK_SPAN), without conflicting with ours.
+# of the file" (l_len 0): applications' own fcntl locks are forwarded above it (plaintext
+# offset + LOCK_SPAN, OpenFile.set_lock), where they never conflict with ours.
 LOCK_SPAN = 1 << 62
 # Shared storage, page cache kept across opens (Volume.cache_still_valid): a file is trusted
 # unchanged by its size, mtime and ctime only once it had been quiet this long when they were
@@ -67,6 +68,9 @@ LOCK_SPAN = 1 << 62
 # within the clock skew between hosts would leave all three the same (git's "racy clean" rule).
 CACHE_QUIET_NS = 3 * 10**9
 CACHE_MARKS_MAX = 100_000  # remembered (file, name) signatures; forgetting one only costs a re-read
+# Shared storage: applications' fcntl locks waiting at once (each blocks a daemon thread; the
+# mount has 16). More waiters get ENOLCK instead of stalling every other request.
+MAX_LOCK_WAITERS = 8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -241,14 +245,17 @@ def signature(st: os.stat_result) -> Signature:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def _flock(kind: int, start: int, length: int) -> bytes:
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, start, length, 0)  # struct flock, l_pid 0
+
+
 def _range_lock(fd: int, kind: int) -> None:
     """Take (F_RDLCK/F_WRLCK, waiting) or drop (F_UNLCK) our OFD lock on a backing file.
 
     OFD locks belong to the open file description, not the process: closing another
     descriptor of the same file does not drop them (as it would a classic POSIX lock), and
     NFSv4 forwards them to the server, so mounts on other hosts see them."""
-    request = struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, LOCK_SPAN, 0)  # struct flock, l_pid 0
-    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, request)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(kind, 0, LOCK_SPAN))
 
 
 class FileState:
@@ -260,6 +267,9 @@ class FileState:
         self.lock = threading.RLock()
         self.refs = 0
         self.lock_depth = 0  # nesting of OpenFile._locked (changed only with self.lock held)
+        # Shared storage: applications' lock owner -> [backing descriptor holding its locks,
+        # requests of that owner in progress] (OpenFile.set_lock)
+        self.owners: dict[int, list[int]] = {}
         self._cipher: FileCipher | None = None
         self.damage: IntegrityError | None = None
         self.size = 0
@@ -297,6 +307,13 @@ class FileState:
     def blank(self) -> bool:
         """Shared storage: a 0-byte backing file (created elsewhere, header not yet written)."""
         return self.volume.shared and self.seen[0] == 0
+
+    def close_owners(self) -> None:
+        """The last handle closed: every lock of every owner goes with its descriptor."""
+        with self.lock:
+            owners, self.owners = self.owners, {}
+        for fd, _busy in owners.values():
+            os.close(fd)
 
     def check(self) -> None:
         if self.damage is not None:
@@ -476,6 +493,58 @@ class OpenFile:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
 
+    # -- applications' locks (shared storage) ------------------------------------------------
+
+    @contextlib.contextmanager
+    def _owner_fd(self, owner: int) -> Iterator[int]:
+        """The backing descriptor that holds ``owner``'s locks on this file (one open file
+        description per owner, so owners conflict with each other as processes do)."""
+        state = self.state
+        with state.lock:
+            entry = state.owners.get(owner)
+            if entry is None:
+                entry = state.owners[owner] = [_reopen(self.fd), 0]
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with state.lock:
+                entry[1] -= 1
+
+    def test_lock(self, owner: int, kind: int, start: int, length: int) -> tuple[int, int, int] | None:
+        """F_GETLK: the (kind, start, length) of a lock that would conflict, or None."""
+        with self._owner_fd(owner) as fd:
+            answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(kind, LOCK_SPAN + start, length))
+        found, _whence, found_start, found_length, _pid = struct.unpack("hhqqi4x", answer)
+        if found == fcntl.F_UNLCK:
+            return None
+        return found, max(0, found_start - LOCK_SPAN), found_length
+
+    def set_lock(self, owner: int, kind: int, start: int, length: int, wait: bool) -> None:
+        """F_SETLK / F_SETLKW for an application's lock owner, on the backing file: the other
+        mounts (and, through NFS, the other hosts) see it. Plaintext offsets are mapped above
+        LOCK_SPAN, clear of the daemon's own locks."""
+        request = _flock(kind, LOCK_SPAN + start, length)
+        with self._owner_fd(owner) as fd:
+            if not wait or kind == fcntl.F_UNLCK:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+                except PermissionError:  # POSIX allows either; callers test for EAGAIN
+                    raise BlockingIOError(errno.EAGAIN, "locked by another process") from None
+            else:
+                with self.volume.lock_waiter():
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, request)
+        if kind == fcntl.F_UNLCK and start == 0 and length == 0:
+            self._forget_owner(owner)  # everything released (libfuse does this at each close)
+
+    def _forget_owner(self, owner: int) -> None:
+        with self.state.lock:
+            entry = self.state.owners.get(owner)
+            if entry is None or entry[1] > 0:  # another request of this owner is in progress
+                return
+            del self.state.owners[owner]
+        os.close(entry[0])
+
     # -- the rest ----------------------------------------------------------------------------
 
     def fsync(self, datasync: bool) -> None:
@@ -488,9 +557,18 @@ class OpenFile:
     def close(self) -> None:
         try:
             if self.volume.release_state(self.state):
+                self.state.close_owners()
                 self.volume.remove_closed_orphan(self.state.key)
         finally:
             os.close(self.fd)  # whatever the cleanup did, the descriptor must not leak
+
+
+def _reopen(fd: int) -> int:
+    """A new open file description of the file behind ``fd`` (read-write if we may)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except PermissionError:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 # ---------------------------------------------------------------------------- the volume
@@ -541,6 +619,7 @@ class Volume:
         self._root = str(self.backing)
         self.shared = False  # other mounts use the same backing folder (enable_shared_storage)
         self._config_seen: Signature | None = None
+        self._lock_waiters = threading.BoundedSemaphore(MAX_LOCK_WAITERS)
         # (dev, ino, mount path) -> (signature, when it was taken in ns): see cache_still_valid
         self._cache_marks: dict[tuple[int, int, str], tuple[Signature, int]] = {}
 
@@ -580,6 +659,16 @@ class Volume:
             self._cache_marks.clear()
         self._cache_marks[key] = (signature(st), now)
         return False
+
+    @contextlib.contextmanager
+    def lock_waiter(self) -> Iterator[None]:
+        """A place among the applications' lock waits (OpenFile.set_lock); ENOLCK if full."""
+        if not self._lock_waiters.acquire(blocking=False):
+            raise OSError(errno.ENOLCK, f"more than {MAX_LOCK_WAITERS} programs wait for file locks")
+        try:
+            yield
+        finally:
+            self._lock_waiters.release()
 
     def check_config(self) -> None:
         """Shared storage: re-read the volume config when another host replaced it (passwd).

@@ -29,7 +29,7 @@ from ..audit.enrich import EnrichingAudit
 from ..errors import MountFailed, MountpointError, UnmountFailed
 from ..store import Volume
 from ._binding import EncfsFUSE
-from .operations import EncryptedOperations
+from .operations import EncryptedOperations, SharedStorageOperations
 
 log = logging.getLogger("encfs_pacs.mount")
 READY_TIMEOUT_SECONDS = 60.0
@@ -203,7 +203,8 @@ def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable
     stale = volume.remove_stale_orphans()
     if stale:
         log.info("removed %d unlinked file(s) left open by a previous mount that did not end cleanly", stale)
-    operations = EncryptedOperations(volume, gate, on_ready=ready, set_owner=as_root)
+    kind = SharedStorageOperations if volume.shared else EncryptedOperations
+    operations = kind(volume, gate, on_ready=ready, set_owner=as_root)
     options: dict[str, object] = {
         "fsname": str(volume.backing).replace(",", "_"),
         "subtype": "encfs-pacs",

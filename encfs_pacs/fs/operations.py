@@ -11,6 +11,7 @@ than crashing the mount under a running PACS.
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import os
@@ -375,9 +376,38 @@ class EncryptedOperations(Operations):
     # Deliberately not implemented, so libfuse answers ENOSYS once and the kernel stops asking
     # or handles it itself: getxattr/setxattr (security.capability is probed on every write),
     # ioctl (the kernel turns ENOSYS into ENOTTY for isatty()), lock/flock (kernel-local POSIX
-    # locks are correct for a single-host mount; on shared storage they do not reach the other
-    # mounts: docs/shared-storage.md says why they are not forwarded), access
-    # (default_permissions checks modes).
+    # locks are correct for a single-host mount; SharedStorageOperations forwards fcntl locks
+    # on shared storage), access (default_permissions checks modes).
+
+
+class SharedStorageOperations(EncryptedOperations):
+    """With --shared-storage: applications' fcntl (POSIX) locks also go to the backing file, so
+    programs on the other mounts (other hosts, through NFS) see them (docs/shared-storage.md).
+
+    A separate class because libfuse asks the kernel to forward locks only if ``lock`` exists:
+    a single-host mount keeps the kernel's own, faster lock handling. flock() stays local."""
+
+    @_errno_boundary
+    def lock(self, path: str | None, fi: Any, cmd: int, lock: Any) -> int:
+        file = self._handle(fi).file
+        if not isinstance(file, OpenFile):
+            raise FuseOSError(errno.ENOLCK)  # the read-only ciphertext view takes no locks
+        request = lock.contents
+        if request.l_whence != os.SEEK_SET or request.l_start < 0 or request.l_len < 0:
+            raise FuseOSError(errno.EINVAL)  # libfuse passes absolute, positive ranges
+        if cmd == fcntl.F_GETLK:
+            found = file.test_lock(fi.lock_owner, request.l_type, request.l_start, request.l_len)
+            if found is None:
+                request.l_type = fcntl.F_UNLCK
+            else:
+                request.l_type, request.l_start, request.l_len = found
+                request.l_pid = 0  # the holder may be on another host: no pid to show
+            return 0
+        if cmd not in (fcntl.F_SETLK, fcntl.F_SETLKW):
+            raise FuseOSError(errno.EINVAL)
+        file.set_lock(fi.lock_owner, request.l_type, request.l_start, request.l_len,
+                      wait=cmd == fcntl.F_SETLKW)
+        return 0
 
 
 def _is_hidden(path: str) -> bool:

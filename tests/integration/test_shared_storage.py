@@ -10,8 +10,10 @@ fsck authenticates, with O_EXCL kept across the mounts.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -191,3 +193,42 @@ def test_each_host_signs_its_own_verifiable_audit_trail(mount_volume: Callable[.
         run_cli("audit", "verify", m.audit_log, "--anchor", anchor)
     assert (run_cli("audit", "anchor", a.backing, "--host", "acq").stdout
             != run_cli("audit", "anchor", a.backing, "--host", "was").stdout)
+
+
+HOLD_LOCK = """
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+fcntl.lockf(f, fcntl.LOCK_EX, 10, 100)  # bytes 100..109
+print("locked", flush=True)
+sys.stdin.readline()
+f.close()  # closing drops the process's locks (POSIX), here through libfuse's flush
+print("closed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_applications_fcntl_locks_reach_the_other_mount(mount_volume: Callable[..., Mounted]) -> None:
+    a, b = shared_pair(mount_volume)
+    write(a.mountpoint / "db", b"x" * 1000)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(a.mountpoint / "db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        for m in (b, a):  # the other mount, and another process on the holder's own mount
+            with open(m.mountpoint / "db", "r+b") as other:
+                with pytest.raises(BlockingIOError):
+                    fcntl.lockf(other, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 105)
+                fcntl.lockf(other, fcntl.LOCK_SH | fcntl.LOCK_NB, 10, 0)  # bytes 0..9: free
+                answer = fcntl.fcntl(other, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_RDLCK, 0, 0, 0, 0))
+                kind, _whence, start, length, _pid = struct.unpack("hhqqi4x", answer)
+                assert (kind, start, length) == (fcntl.F_WRLCK, 100, 10)
+        with open(b.mountpoint / "db", "r+b") as waiter:
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            fcntl.lockf(waiter, fcntl.LOCK_EX, 5, 105)  # waits until the holder's close, if needed
+            assert holder.stdout.readline().strip() == "closed"
+            fcntl.lockf(waiter, fcntl.LOCK_UN, 5, 105)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -8,6 +8,7 @@ the switch exists for: without it, a stale cached size turns into a damaged file
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from pathlib import Path
@@ -146,3 +147,23 @@ def test_cache_is_trusted_only_for_a_file_unchanged_and_quiet_since_the_last_ope
     assert valid()  # quiet for long enough before the last mark, and unchanged since
     write(a, "/f", b"2" * 100)  # same size, other bytes, from the other mount
     assert not valid()
+
+
+def test_application_locks_of_one_mount_conflict_with_the_other(backing: Path) -> None:
+    a, b = mount(backing), mount(backing)
+    a.create("/db", 0o600, os.O_RDWR).close()
+    mine, theirs = a.open("/db", os.O_RDWR), b.open("/db", os.O_RDWR)
+    try:
+        mine.set_lock(owner=1, kind=fcntl.F_WRLCK, start=100, length=10, wait=False)
+        with pytest.raises(BlockingIOError):
+            theirs.set_lock(owner=1, kind=fcntl.F_RDLCK, start=105, length=1, wait=False)
+        assert theirs.test_lock(owner=1, kind=fcntl.F_RDLCK, start=0, length=0) == (fcntl.F_WRLCK, 100, 10)
+        theirs.set_lock(owner=1, kind=fcntl.F_WRLCK, start=0, length=100, wait=False)  # not overlapping
+        # the daemon's own chunk locks and the applications' never meet
+        theirs.write(b"still writable", 0)
+        mine.set_lock(owner=1, kind=fcntl.F_UNLCK, start=0, length=0, wait=False)  # all of owner 1's
+        theirs.set_lock(owner=1, kind=fcntl.F_WRLCK, start=105, length=1, wait=True)
+    finally:
+        mine.close()
+        theirs.close()
+    assert read_all(a, "/db") == b"still writable"
