@@ -132,6 +132,7 @@ def collect(mountpoint: Path | None = None) -> list[dict[str, Any]]:
             "pid": pid if isinstance(pid, int) else None,
             "daemon_running": _daemon_running(pid),
             "learn": bool(record.get("learn", False)),
+            "shared_storage": bool(record.get("shared_storage", False)),
             "policy": policy_state(record.get("policy")) if known else None,
             "audit": audit_state(record.get("audit_log")) if known else None,
             # Records of daemons started before status existed hold only pid and backing.
@@ -150,6 +151,8 @@ def _describe(entry: dict[str, Any]) -> list[str]:
                                  if entry["pid"] else "unknown (no registry record visible to this user)")]
     if entry["details_known"]:
         lines += [_policy_line(entry), _audit_line(entry["audit"])]
+        if entry["shared_storage"]:
+            lines.append("  sharing:   --shared-storage (other servers may mount this volume)")
     else:
         lines.append("  policy, audit log: unknown (no registry details; daemon of an older version "
                      "or another user)")

@@ -174,6 +174,13 @@ def test_passwd_while_both_are_mounted(mount_volume: Callable[..., Mounted], tmp
     run_cli("fsck", a.backing, "--passphrase-file", new)  # and the new passphrase opens it
 
 
+def test_status_shows_the_shared_storage_mode(mount_volume: Callable[..., Mounted]) -> None:
+    a, _b = shared_pair(mount_volume)
+    entries = json.loads(run_cli("status", a.mountpoint, "--json").stdout)["mounts"]
+    assert [e["shared_storage"] for e in entries] == [True]
+    assert "--shared-storage" in run_cli("status", a.mountpoint).stdout
+
+
 def test_two_mounts_sharing_one_audit_key_store_are_refused_with_the_fix(
         mount_volume: Callable[..., Mounted]) -> None:
     mount_volume(None, "--shared-storage")
