@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the mount and the tests use at run time.
-APT_PACKAGES := fuse3 orthanc dcmtk
+# Debian packages the mount and the tests use at run time (chromium: the audit report is rendered
+# in a headless browser; rsyslog: the central-audit tests; softhsm2: the PKCS#11 key-service tests).
+APT_PACKAGES := fuse3 orthanc dcmtk rsyslog chromium softhsm2
 # What `make bench` compares against and drives (gocryptfs; Orthanc in its own network namespace).
 BENCH_APT_PACKAGES := fuse3 gocryptfs orthanc iproute2 util-linux
 BENCH_ARGS ?=

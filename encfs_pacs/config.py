@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .audit import forward
 from .errors import ConfigInvalid, EncfsPacsError
 from .policy.loader import DEFAULT_POLICY_PATH
 
@@ -25,11 +26,12 @@ DEFAULT_CONFIG_DIR = Path("/etc/encfs-pacs")
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
 # --audit-host: a file name in the volume's metadata folder, so no slash, not "." or "..".
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-SYSLOG_UDP = re.compile(r"^udp://(?P<host>[A-Za-z0-9_.:-]+):(?P<port>[0-9]{1,5})$")
 
 # The kinds a key can have: what the TOML value must be and how the message names it.
-PATH, BOOL, NAME, SYSLOG, HOST = "path", "bool", "credential name", "syslog target", "host name"
-KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "recovery_key_file")
+PATH, BOOL, NAME, SYSLOG, HOSTNAME = "path", "bool", "credential name", "syslog target", "host name"
+AUDIT_HOST = "audit host name"
+KMS = "key service URI"
+KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "kms", "recovery_key_file")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ SCHEMA: dict[str, Key] = {
     "credential": Key(NAME, None, "key source: systemd credential name, read from "
                       "$CREDENTIALS_DIRECTORY/NAME (exactly 32 bytes = keyfile, else passphrase)",
                       example='"encfs-pacs.key"'),
+    "kms": Key(KMS, None, "key source: key service holding the volume's key (HSM or KMIP server) with "
+               "this host's credentials as files; the volume records the key itself, see "
+               "docs/key-services.md",
+               example='"pkcs11:?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/encfs-pacs/hsm.pin"'),
     "recovery_key_file": Key(PATH, None, "key source: recovery key file (share lines from "
                              "'encfs-pacs recovery-key create'), for a lost passphrase",
                              example='"/root/recovery.txt"'),
@@ -64,7 +70,7 @@ SCHEMA: dict[str, Key] = {
     "no_audit": Key(BOOL, False, "keep no audit trail (testing only)", example="false"),
     "audit_fail_open": Key(BOOL, False, "keep serving when the audit log cannot be written "
                            "(default: refuse access)", example="false"),
-    "audit_host": Key(HOST, None, "with shared storage: this server's name for its own audit key "
+    "audit_host": Key(AUDIT_HOST, None, "with shared storage: this server's name for its own audit key "
                       "store and anchor in the volume (each mount of one volume needs its own; "
                       "not set: the volume-wide store, for a single mount)", example='"acq-server"'),
     "shared_storage": Key(BOOL, False, "other mounts (other servers) use the same backing folder: "
@@ -75,8 +81,12 @@ SCHEMA: dict[str, Key] = {
                     "under systemd; syslog in the background)",
                     example='"/var/log/encfs-pacs/orthanc-db.log"'),
     "verbose": Key(BOOL, False, "log debug details", example="false"),
-    "syslog": Key(SYSLOG, None, "also send the daemon log to this syslog target: an absolute path of "
-                  "a local socket (\"/dev/log\") or \"udp://HOST:PORT\"", example='"/dev/log"'),
+    "syslog": Key(SYSLOG, None, "syslog collector: \"udp://HOST:PORT\" or \"tcp://HOST:PORT\" receives "
+                  "every audit record (RFC 5424, MSGID audit) and the daemon log (MSGID log); a local "
+                  "socket path (\"/dev/log\") receives the daemon log only", example='"tcp://127.0.0.1:514"'),
+    "syslog_hostname": Key(HOSTNAME, None, "HOSTNAME in the messages sent to the syslog collector "
+                           "(default: this host's name; used only with a udp:// or tcp:// syslog target)",
+                           example='"pacs-acq.hospital.example"'),
 }
 
 
@@ -103,8 +113,11 @@ def defaults() -> dict[str, Any]:
 def _expected(spec: Key) -> str:
     return {PATH: "a path (string)", BOOL: "true or false",
             NAME: "a credential name (letters, digits, _ . @ -; no slash)",
-            SYSLOG: 'an absolute socket path like "/dev/log" or "udp://HOST:PORT"',
-            HOST: "a host name (letters, digits, _ . -; at most 64, no slash)"}[spec.kind]
+            SYSLOG: forward.TARGET_EXPECTED,
+            HOSTNAME: "1-255 printable ASCII characters without spaces",
+            KMS: 'a "pkcs11:..." or "kmip://..." URI with absolute file paths (docs/key-services.md)',
+            AUDIT_HOST: "a host name (letters, digits, _ . -; at most 64, no slash)",
+            }[spec.kind]
 
 
 def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
@@ -122,12 +135,28 @@ def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
         if not CREDENTIAL_NAME.match(value) or value in (".", ".."):
             fail(key, value, _expected(spec))
         return value
-    if spec.kind == HOST:
+    if spec.kind == AUDIT_HOST:
         if not HOST_NAME.match(value):
             fail(key, value, _expected(spec))
         return value
-    match = SYSLOG_UDP.match(value)
-    if not (value.startswith("/") or (match and 0 < int(match["port"]) < 65536)):
+    if spec.kind == KMS:
+        from .keyservice import parse_uri
+
+        try:
+            parse_uri(value)
+        except EncfsPacsError as exc:
+            fail(key, value, f"{_expected(spec)}: {exc}")
+        return value
+    if spec.kind == HOSTNAME:
+        try:
+            return forward.check_hostname(value)
+        except ValueError:
+            fail(key, value, _expected(spec))
+    if value.startswith("/"):
+        return value
+    try:
+        forward.parse_target(value)
+    except ValueError:
         fail(key, value, _expected(spec))
     return value
 
@@ -194,7 +223,7 @@ def merge(config: MountConfig, overrides: dict[str, Any],
 
     values = dict(config.values)
     for key, value in overrides.items():
-        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, HOST):
+        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, HOSTNAME, KMS, AUDIT_HOST):
             _check_value(key, value, Path.cwd(), fail)
     if any(overrides.get(key) is not None for key in KEY_SOURCES):
         for key in KEY_SOURCES:
@@ -210,7 +239,7 @@ def example_text() -> str:
         "# Used by: encfs-pacs mount --config FILE   (systemd: encfs-pacs@NAME.service)",
         "# Command-line options override the values here. Relative paths are relative to the",
         "# folder of this file. Generated from encfs_pacs/config.py SCHEMA; a test keeps it in sync.",
-        "# Key sources: give at most one of passphrase_file, keyfile, credential, recovery_key_file",
+        "# Key sources: give at most one of passphrase_file, keyfile, credential, kms, recovery_key_file",
         "# (none: the passphrase is asked on the terminal).",
         "",
     ]

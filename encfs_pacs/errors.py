@@ -158,3 +158,17 @@ class ConfigInvalid(EncfsPacsError):
 
     exit_code = 30
     errno = errno.EINVAL
+
+
+class KeyServiceError(EncfsPacsError):
+    """The key service (PKCS#11 HSM or KMIP server) refused: wrong PIN or client certificate,
+    the key missing, revoked or destroyed, or a different key. Nothing is mounted or created."""
+
+    exit_code = 32
+
+
+class KeyServiceUnreachable(KeyServiceError):
+    """The key service cannot be asked now (server down or refusing connections, TLS failure,
+    PKCS#11 module missing): a retry may work once it is back. Running mounts are unaffected."""
+
+    exit_code = 31

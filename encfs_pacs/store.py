@@ -35,16 +35,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from . import durable
 from .crypto import keys, volume_config
 from .crypto.chunks import HEADER_BYTES, FileCipher, Layout, decode_header, encode_header, new_file_id
-from .crypto.volume_config import KDF_KEYFILE, KDF_SCRYPT, VolumeConfig
+from .crypto.volume_config import (
+    KDF_KEYFILE,
+    KDF_SCRYPT,
+    SERVICE_MECHANISMS,
+    ServiceKey,
+    VolumeConfig,
+    service_associated_data,
+)
 from .errors import (
     BackingMissing,
     BackingNotEmpty,
     CorruptConfig,
     IntegrityError,
+    KeyServiceError,
     NotAVolume,
     ReservedName,
     UsageError,
@@ -76,15 +85,37 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 
+class KeyService(Protocol):
+    """A key that never leaves a key service (an HSM through PKCS#11, a KMIP server): it seals
+    and unseals the volume's 32-byte wrapping key. Implemented in encfs_pacs.keyservice."""
+
+    kind: str  # volume_config.KDF_PKCS11 or KDF_KMIP
+    reference: dict[str, str | int]  # non-secret: recorded in the volume config
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
+        """(iv, ciphertext); KeyServiceError (or KeyServiceUnreachable) if it cannot."""
+        ...
+
+    def unseal(self, iv: bytes, sealed: bytes, associated_data: bytes) -> bytes:
+        ...
+
+
 @dataclass(frozen=True)
 class Secret:
-    """What unlocks a volume. ``kind`` is "passphrase" or "keyfile"; ``value`` is never logged."""
+    """What unlocks a volume. ``kind`` is "passphrase", "keyfile", or a key service's kind
+    ("pkcs11", "kmip": then ``service`` does the work and ``value`` is empty). ``value`` is
+    never logged."""
 
     kind: str
     value: bytes
+    service: KeyService | None = None
 
     def __repr__(self) -> str:  # keeps secrets out of tracebacks and debug logs
         return f"Secret(kind={self.kind!r}, value=<{len(self.value)} bytes hidden>)"
+
+    @classmethod
+    def from_service(cls, service: KeyService) -> Secret:
+        return cls(service.kind, b"", service)
 
 
 # ---------------------------------------------------------------------------- volume lifecycle
@@ -104,14 +135,55 @@ def _write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
 _fsync_dir = durable.fsync_dir
 
 
+def _describe(kind: str) -> str:
+    if kind in SERVICE_MECHANISMS:
+        return f"its {kind} key service (--kms, see docs/key-services.md)"
+    wanted = {"passphrase": "a passphrase (--passphrase-file or the prompt)", "keyfile": "--keyfile"}
+    return wanted.get(kind, kind)
+
+
 def _wrapping_key(secret: Secret, config: VolumeConfig) -> bytes:
+    if config.service is not None and secret.service is not None and secret.kind == config.kdf:
+        return secret.service.unseal(config.service.iv, config.service.sealed,
+                                     service_associated_data(config.key_id))
     if config.kdf == KDF_SCRYPT and secret.kind == "passphrase":
         assert config.scrypt is not None
         return keys.wrapping_key_from_passphrase(secret.value, config.scrypt)
     if config.kdf == KDF_KEYFILE and secret.kind == "keyfile":
         return keys.wrapping_key_from_keyfile(secret.value)
-    wanted = "--keyfile" if config.kdf == KDF_KEYFILE else "a passphrase (--passphrase-file or the prompt)"
-    raise UsageError(f"this volume is unlocked with {wanted}, not a {secret.kind}")
+    raise UsageError(f"this volume is unlocked with {_describe(config.kdf)}, not {_describe(secret.kind)}")
+
+
+def _new_wrap(secret: Secret, key_id: bytes, scrypt_log_n: int
+              ) -> tuple[str, keys.ScryptParams | None, ServiceKey | None, bytes]:
+    """The config's kdf, scrypt and service fields for a new wrap under ``secret``, and its
+    wrapping key. A key service seals a fresh random wrapping key (envelope): the master key's
+    own wrap, and so its associated data, stay exactly as for a keyfile."""
+    if secret.service is not None:
+        wrapping = keys.new_wrapping_key()
+        iv, sealed = secret.service.seal(wrapping, service_associated_data(key_id))
+        service = ServiceKey(reference=dict(secret.service.reference), iv=iv, sealed=sealed)
+        return secret.kind, None, service, wrapping
+    if secret.kind == "passphrase":
+        scrypt = keys.ScryptParams.fresh(scrypt_log_n)
+        return KDF_SCRYPT, scrypt, None, keys.wrapping_key_from_passphrase(secret.value, scrypt)
+    return KDF_KEYFILE, None, None, keys.wrapping_key_from_keyfile(secret.value)
+
+
+def _unwrap(config: VolumeConfig, secret: Secret) -> bytes:
+    """The master key. For a key-service volume a wrong result means the service holds another
+    key under that name (or the config was edited): said as such, not as a wrong passphrase."""
+    wrapping = _wrapping_key(secret, config)
+    try:
+        return keys.unwrap_master_key(config.wrap_nonce, config.wrapped_key, wrapping,
+                                      config.wrap_associated_data(), config.key_id)
+    except WrongPassphrase:
+        if config.service is None:
+            raise
+        raise KeyServiceError(
+            f"the {config.kdf} key service answered, but its key does not open this volume: the key "
+            "named in the volume config was replaced by another of the same name, or the config was "
+            "altered") from None
 
 
 def create_volume(
@@ -135,20 +207,17 @@ def create_volume(
         raise UsageError(f"chunk size {chunk_size} is not a power of two between 4096 and 1048576")
     if not keys.MIN_SCRYPT_LOG_N <= scrypt_log_n <= 24:
         raise UsageError(f"scrypt cost 2^{scrypt_log_n} is outside 2^{keys.MIN_SCRYPT_LOG_N}..2^24")
-    backing.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(backing, 0o700)  # mkdir honours umask and an existing folder keeps its mode
     master = keys.new_master_key()
-    if secret.kind == "passphrase":
-        scrypt = keys.ScryptParams.fresh(scrypt_log_n)
-        kdf = KDF_SCRYPT
-    else:
-        scrypt, kdf = None, KDF_KEYFILE
+    # Wrapped before anything is created: a key service that is down or refuses leaves no folder.
+    kdf, scrypt, service, wrapping = _new_wrap(secret, keys.key_id(master), scrypt_log_n)
     draft = VolumeConfig(
-        key_id=keys.key_id(master), kdf=kdf, scrypt=scrypt, wrap_nonce=b"", wrapped_key=b"",
+        key_id=keys.key_id(master), kdf=kdf, scrypt=scrypt, service=service, wrap_nonce=b"", wrapped_key=b"",
         chunk_size=chunk_size, extra={"created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
     )
-    nonce, sealed = keys.wrap_master_key(master, _wrapping_key(secret, draft), draft.wrap_associated_data())
+    nonce, sealed = keys.wrap_master_key(master, wrapping, draft.wrap_associated_data())
     config = VolumeConfig(**{**draft.__dict__, "wrap_nonce": nonce, "wrapped_key": sealed})
+    backing.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(backing, 0o700)  # mkdir honours umask and an existing folder keeps its mode
     meta = backing / META_DIR
     meta.mkdir(mode=0o700)
     _write_file_atomically(config_path(backing), config.to_json())
@@ -176,21 +245,13 @@ def read_config(backing: Path) -> VolumeConfig:
 
 def unlock(backing: Path, secret: Secret) -> Volume:
     config = read_config(backing)
-    master = keys.unwrap_master_key(
-        config.wrap_nonce, config.wrapped_key, _wrapping_key(secret, config),
-        config.wrap_associated_data(), config.key_id,
-    )
-    return Volume(backing, config, master)
+    return Volume(backing, config, _unwrap(config, secret))
 
 
 def read_master_key(backing: Path, secret: Secret) -> tuple[VolumeConfig, bytes]:
     """The volume's config and unwrapped master key (for passwd and recovery-key creation)."""
     config = read_config(backing)
-    master = keys.unwrap_master_key(
-        config.wrap_nonce, config.wrapped_key, _wrapping_key(secret, config),
-        config.wrap_associated_data(), config.key_id,
-    )
-    return config, master
+    return config, _unwrap(config, secret)
 
 
 def unlock_with_master_key(backing: Path, master_key: bytes) -> Volume:
@@ -214,13 +275,9 @@ def rewrap_master_key(backing: Path, master_key: bytes, new_secret: Secret,
         raise WrongPassphrase("cannot change the key: the master key does not match this volume")
     if not keys.MIN_SCRYPT_LOG_N <= scrypt_log_n <= 24:
         raise UsageError(f"scrypt cost 2^{scrypt_log_n} is outside 2^{keys.MIN_SCRYPT_LOG_N}..2^24")
-    if new_secret.kind == "passphrase":
-        scrypt, kdf = keys.ScryptParams.fresh(scrypt_log_n), KDF_SCRYPT
-    else:
-        scrypt, kdf = None, KDF_KEYFILE
-    draft = VolumeConfig(**{**old.__dict__, "kdf": kdf, "scrypt": scrypt})
-    nonce, sealed = keys.wrap_master_key(master_key, _wrapping_key(new_secret, draft),
-                                         draft.wrap_associated_data())
+    kdf, scrypt, service, wrapping = _new_wrap(new_secret, old.key_id, scrypt_log_n)
+    draft = VolumeConfig(**{**old.__dict__, "kdf": kdf, "scrypt": scrypt, "service": service})
+    nonce, sealed = keys.wrap_master_key(master_key, wrapping, draft.wrap_associated_data())
     new = VolumeConfig(**{**draft.__dict__, "wrap_nonce": nonce, "wrapped_key": sealed})
     document = new.to_json()
     _check_unlocks(volume_config.parse(document), new_secret)  # never write a config we cannot open
@@ -230,8 +287,7 @@ def rewrap_master_key(backing: Path, master_key: bytes, new_secret: Secret,
 
 
 def _check_unlocks(config: VolumeConfig, secret: Secret) -> None:
-    keys.unwrap_master_key(config.wrap_nonce, config.wrapped_key, _wrapping_key(secret, config),
-                           config.wrap_associated_data(), config.key_id)
+    _unwrap(config, secret)
 
 
 # ---------------------------------------------------------------------------- open files

@@ -8,6 +8,10 @@ Public API (everything else is internal):
 - ``verify(paths, anchor=None, live=False) -> VerifyReport`` for auditors (no secret needed).
 - ``iter_records(paths)`` for tools that read the log (query, policy simulate).
 - ``text(str)``: makes a file name with undecodable bytes safe for a record.
+- ``forward.SyslogForwarder`` (RFC 5424 to a syslog collector; ``open_audit_log(...,
+  forward=forwarder.audit_lines)``) and ``collect.collect`` (per-host logs from a collector's file).
+- ``spool``: maintenance commands queue events in the volume (``queue_event``); the mount
+  records them (``SpoolIngester``), see audit/spool.py.
 """
 
 from .canonical import text

@@ -40,10 +40,16 @@ class EnrichingAudit:
         self._writer = writer
         self._tags = tags
         self._fail_open = fail_open
+        self._refusal_logged = False  # one log line per outage, not one per refused open
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_LIMIT)
         self._failure: Exception | None = None
         self._worker = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._worker.start()
+
+    @property
+    def writer(self) -> Writer:
+        """The audit log itself (the spool ingester appends to it directly and flushes it)."""
+        return self._writer
 
     # -- used by the gate ------------------------------------------------------------------
 
@@ -53,18 +59,31 @@ class EnrichingAudit:
     def check(self) -> None:
         """Raise the writer's failure if the audit trail is down and we fail closed."""
         failure = getattr(self._writer, "failed", None) or self._failure
-        if failure is not None and not self._fail_open:
+        if failure is None:
+            self._refusal_logged = False
+            return
+        if not self._fail_open:
             # The writer keeps records in memory meanwhile (it runs in its fail-open mode for
             # that); its message says so, which is not what the refused caller needs to read.
-            reason = str(failure).split("; serving continues", 1)[0]
+            reason = str(failure).split("; records are kept in memory", 1)[0]
+            if not self._refusal_logged:
+                self._refusal_logged = True
+                log.error("file access is refused until the audit log can be written again (fail-closed)")
             raise AuditUnavailable(f"access refused because {reason}; free the space or fix the log "
                                    "(or mount with --audit-fail-open to serve without a trail)")
 
     def tags_now(self, path: str) -> dict[str, str] | None:
         return self._tags.tags(path) if self._tags is not None else None
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every record queued so far is on disk (or the writer failed/timed out)."""
         self._queue.join()
+        flush = getattr(self._writer, "flush", None)
+        if flush is not None:
+            try:
+                flush(timeout)
+            except (OSError, EncfsPacsError) as exc:
+                log.warning("audit records not yet on disk: %s", exc)
 
     def close(self) -> None:
         self._queue.put(_STOP)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -62,7 +64,10 @@ ACTIVITY, START, STOP = ("110100", "Application Activity"), ("110120", "Applicat
     ("110121", "Application Stop")
 ACCESSED, ALERT = ("110103", "DICOM Instances Accessed"), ("110113", "Security Alert")
 SECURITY_CONFIGURATION = ("110129", "Security Configuration")
-_CONFIG_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected", "key-change"})
+_CONFIG_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected", "key-change",
+                            # maintenance commands' key events (recorded from the audit spool)
+                            "volume-created", "volume-key-changed", "recovery-key-created",
+                            "recovery-key-checked", "recovery-key-used"})
 _ALERT_EVENTS = frozenset({"security-alert", "integrity-failure"})
 
 
@@ -147,6 +152,10 @@ def _entities(record: Record) -> list[dict[str, Any]]:
     return entities
 
 
+def _description(record: Record) -> str:
+    return str(record.get("detail") or f"{record.get('event')} {record.get('outcome', '')}".strip())
+
+
 def audit_event(record: Record, observer: str) -> dict[str, Any]:
     """One FHIR R4 AuditEvent for one record; its id is the record's hash."""
     kind, subtype, action = _classify(record)
@@ -154,8 +163,7 @@ def audit_event(record: Record, observer: str) -> dict[str, Any]:
     if subtype:
         resource["subtype"] = [_coding(subtype)]
     resource.update({"action": action, "recorded": record["time"], "outcome": _outcome(record)})
-    description = record.get("detail") or f"{record.get('event')} {record.get('outcome', '')}".strip()
-    resource["outcomeDesc"] = str(description)
+    resource["outcomeDesc"] = _description(record)
     resource["agent"] = _agents(record)
     resource["source"] = {"observer": {"display": observer},
                           "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type",
@@ -176,13 +184,43 @@ def to_fhir_bundle(records: Iterable[Record], observer: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- DICOM / ATNA XML
 
 
+# Characters XML 1.0 cannot carry at all (not even as &#N;): C0 controls but tab/LF/CR,
+# surrogates, U+FFFE/U+FFFF; and line breaks (CR, LF, NEL, U+2028, U+2029), which would split a
+# one-message-per-line export (ElementTree leaves them raw in element text). File names and
+# DICOM values may hold any of them: they are attacker-controlled.
+_NOT_XML = re.compile("[^\t\x20-\x84\x86-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: Any) -> str:
+    """``value`` as one line of text XML can hold: other characters written as \\xNN or
+    \\uNNNN, as audit.text writes undecodable bytes."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+                        str(value))
+
+
 def _code(parent: ET.Element, tag: str, pair: tuple[str, str], system: str = "DCM") -> None:
     ET.SubElement(parent, tag, {"csd-code": pair[0], "codeSystemName": system, "originalText": pair[1]})
 
 
+def _object(root: ET.Element, object_id: str, type_code: str, role: str | None, id_type: tuple[str, str],
+            system: str, name: str) -> ET.Element:
+    """A ParticipantObjectIdentification, children in the order the schema's group demands.
+
+    The A.5.1 schema requires a ParticipantObjectName or a ParticipantObjectQuery in every
+    participant object. The log holds no patient or study name (by design: no more PHI than
+    needed), so the name repeats the identifier, or for a file is its path."""
+    attributes = {"ParticipantObjectID": xml_text(object_id), "ParticipantObjectTypeCode": type_code}
+    if role:
+        attributes["ParticipantObjectTypeCodeRole"] = role
+    element = ET.SubElement(root, "ParticipantObjectIdentification", attributes)
+    _code(element, "ParticipantObjectIDTypeCode", id_type, system)
+    ET.SubElement(element, "ParticipantObjectName").text = xml_text(name)
+    return element
+
+
 def atna_message(record: Record, source: str) -> str:
     """One DICOM PS3.15 A.5 AuditMessage (the XML an ATNA audit repository receives), same
-    codes as the FHIR export."""
+    codes as the FHIR export; valid against the A.5.1 schema (tests/fixtures/dicom-audit-message.rnc)."""
     kind, subtype, action = _classify(record)
     root = ET.Element("AuditMessage")
     event = ET.SubElement(root, "EventIdentification", {
@@ -191,30 +229,32 @@ def atna_message(record: Record, source: str) -> str:
     _code(event, "EventID", kind)
     if subtype:
         _code(event, "EventTypeCode", subtype)
+    ET.SubElement(event, "EventOutcomeDescription").text = xml_text(_description(record))
     for agent in _agents(record):
         user_id = agent["who"].get("identifier", {}).get("value") or agent["who"]["display"]
-        attributes = {"UserID": str(user_id),
+        attributes = {"UserID": xml_text(user_id),
                       "UserIsRequestor": "true" if agent["requestor"] else "false"}
         if agent.get("altId"):
-            attributes["AlternativeUserID"] = str(agent["altId"])
+            attributes["AlternativeUserID"] = xml_text(agent["altId"])
         if agent.get("name"):
-            attributes["UserName"] = str(agent["name"])
+            attributes["UserName"] = xml_text(agent["name"])
         ET.SubElement(root, "ActiveParticipant", attributes)
-    ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source})
+    ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": xml_text(source)})
     tags = dicom(record)
     if tags.get("PatientID"):
-        patient = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": str(tags["PatientID"]), "ParticipantObjectTypeCode": "1",
-            "ParticipantObjectTypeCodeRole": "1"})
-        _code(patient, "ParticipantObjectIDTypeCode", ("2", "Patient Number"), "RFC-3881")
+        _object(root, str(tags["PatientID"]), "1", "1", ("2", "Patient Number"), "RFC-3881",
+                str(tags["PatientID"]))
     if tags.get("StudyInstanceUID"):
-        study = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": str(tags["StudyInstanceUID"]), "ParticipantObjectTypeCode": "2",
-            "ParticipantObjectTypeCodeRole": "3"})
-        _code(study, "ParticipantObjectIDTypeCode", ("110180", "Study Instance UID"))
-        if tags.get("SOPInstanceUID"):
+        study = _object(root, str(tags["StudyInstanceUID"]), "2", "3", ("110180", "Study Instance UID"),
+                        "DCM", str(tags["StudyInstanceUID"]))
+        if tags.get("SOPInstanceUID"):  # the schema nests instances in their SOP class
             described = ET.SubElement(study, "ParticipantObjectDescription")
-            ET.SubElement(described, "Instance", {"UID": str(tags["SOPInstanceUID"])})
+            sop_class = ET.SubElement(described, "SOPClass", {"NumberOfInstances": "1"})
+            ET.SubElement(sop_class, "Instance", {"UID": xml_text(tags["SOPInstanceUID"])})
+    path = _sub(record, "object").get("path")
+    if path:  # the file itself, as the FHIR export's third entity: URI of the path in the volume
+        _object(root, "file://" + urllib.parse.quote(str(path), safe="/"), "2", None, ("12", "URI"),
+                "RFC-3881", str(path))
     return ET.tostring(root, encoding="unicode")
 
 

@@ -21,6 +21,7 @@ from .verify import _Bad, _first_records, iter_records
 
 Record = dict[str, Any]
 DENIED_OUTCOMES = frozenset({"denied", "learn-denied"})
+ORIGIN = "origin"  # added by load() when logs of several folders (hosts) are merged
 
 
 # ---------------------------------------------------------------------------- record fields
@@ -98,15 +99,24 @@ def load(paths: Iterable[Path]) -> Loaded:
     """Every payload record of ``paths`` (any number of trails), merged by time.
 
     A file that is not readable as a log at all (empty, foreign, beginning cut off) is left
-    out so the other files still answer; reading stops at the first bad line of the rest.
+    out so the other files still answer; reading stops at the first bad line of the rest (of
+    that folder). When the files come from several folders -- one per host, as ``audit
+    collect`` writes them -- each record gets ``origin``: the name of its file's folder, so a
+    merged view shows which host every record came from.
     """
     good, problems = _usable(list(paths))
+    folders: dict[Path, list[Path]] = {}
+    for path in good:
+        folders.setdefault(Path(os.path.abspath(path)).parent, []).append(path)
     records: list[Record] = []
-    try:
-        for record in iter_records(good):
-            records.append(record)
-    except AuditTampered as exc:
-        problems.append(str(exc))
+    for folder, members in folders.items():
+        try:
+            for record in iter_records(members):
+                if len(folders) > 1:
+                    record[ORIGIN] = folder.name
+                records.append(record)
+        except AuditTampered as exc:
+            problems.append(str(exc))
     records.sort(key=lambda r: str(r.get("time", "")))  # fixed-width UTC text: text order is time order
     return Loaded(records, "; ".join(problems) or None)
 

@@ -8,9 +8,10 @@ first record of the batch (0.2 s by default; "at least once a second").
 
 If the log cannot be written the writer keeps every record (in memory, in order) and retries;
 ``append`` then raises AuditUnavailable (fail closed: the file system refuses the operation)
-unless the log was opened with ``fail_open=True``, which keeps serving and says so in the
-daemon log. Nothing is dropped silently: when the log is writable again a security-alert
-record states the outage, the operations refused and any records lost.
+unless the log was opened with ``fail_open=True``, which keeps accepting records (the caller
+decides whether file access goes on; the mount refuses it unless --audit-fail-open).
+Nothing is dropped silently: when the log is writable again a security-alert record states
+the outage, the operations refused and any records lost.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ DEFAULT_EPOCH_SECONDS = 3600.0
 DEFAULT_MAX_PENDING = 100_000
 RETRY_INTERVAL = 1.0  # between attempts while the log cannot be written
 REPLACED = "(removed or replaced while in use)"  # prev_file of a link after someone moved the log
+# Called with whole lines once they are durable, in log order, and the chain id (forward.py).
+Forward = Callable[[bytes, str], None]
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,9 @@ def _explain(exc: OSError, path: Path, fail_open: bool = False) -> str:
     }
     why = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     if fail_open:
-        return (f"the audit log {path} cannot be written ({why}); serving continues (--audit-fail-open) "
-                "and records are kept in memory until it can be")
+        # Only what the writer itself does: whether file access goes on is the caller's choice
+        # (the mount keeps this mode for buffering and refuses access itself when fail-closed).
+        return f"the audit log {path} cannot be written ({why}); records are kept in memory until it can be"
     return (f"the audit log {path} cannot be written ({why}); file operations are refused until it can "
             "be (fail-closed; mount with --audit-fail-open to keep serving without a complete log)")
 
@@ -107,8 +111,11 @@ class AuditLog:
     """A tamper-evident audit log. Build it with ``open_audit_log``."""
 
     def __init__(self, path: Path, store: KeyStore, store_key: bytes, chainer: Chainer, fd: int,
-                 settings: AuditSettings, hooks: _Hooks, lock_fd: int) -> None:
+                 settings: AuditSettings, hooks: _Hooks, lock_fd: int,
+                 forward: Forward | None = None) -> None:
         self.path = path
+        self._forward = forward
+        self._outbox = bytearray()  # lines written but not yet fsynced: forwarded once durable
         self.settings = settings
         self._store, self._store_key, self._chainer = store, store_key, chainer
         self._fd, self._lock_fd = fd, lock_fd
@@ -439,6 +446,7 @@ class AuditLog:
         try:
             while pending:
                 written = os.write(self._fd, pending)
+                self._outbox += pending[:written]
                 pending = pending[written:]
                 self._file_size += written
                 self._needs_fsync = True
@@ -447,6 +455,7 @@ class AuditLog:
 
     def _sync(self) -> None:
         if not self._needs_fsync:
+            self._publish()
             return
         try:
             os.fsync(self._fd)
@@ -459,6 +468,21 @@ class AuditLog:
         with self._lock:
             self._durable += self._chained_unsynced
             self._chained_unsynced = 0
+        self._publish()
+
+    def _publish(self) -> None:
+        """The one point where committed lines leave the writer: hand every whole line that is
+        now on disk to the forwarder (which only queues them: it never blocks this thread)."""
+        end = self._outbox.rfind(b"\n") + 1
+        if not end:
+            return
+        data = bytes(self._outbox[:end])
+        del self._outbox[:end]
+        if self._forward is not None:
+            try:
+                self._forward(data, self._chainer.chain)
+            except Exception:  # forwarding is best effort: never the local log's problem
+                log.exception("forwarding audit records failed")
 
     def _check_file_identity(self) -> None:
         """Someone removed or renamed the active log: continue the chain in a new file."""
@@ -558,6 +582,8 @@ class AuditLog:
         if self._link_line is None:
             self._link_line = self._chainer.link(self._stamp(), self._rotating)
         fd, size = create_linked_file(self.path, self._link_line)
+        self._outbox += self._link_line
+        self._publish()
         self._rotating, self._link_line = None, None
         old = self._fd
         self._fd, self._file_size = fd, size
@@ -667,7 +693,8 @@ def open_audit_log(path: Path, backing: Path, master_key: bytes, *, fail_open: b
                    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
                    epoch_seconds: float | None = DEFAULT_EPOCH_SECONDS,
                    epoch_checkpoints: int | None = None, max_pending: int = DEFAULT_MAX_PENDING,
-                   host: str | None = None, _hooks: _Hooks | None = None) -> AuditLog:
+                   forward: Forward | None = None, host: str | None = None,
+                   _hooks: _Hooks | None = None) -> AuditLog:
     """Open (or create) the audit log of the volume at ``backing`` and start its writer.
 
     - ``path``: the active log file (created 0600, missing folders 0700). An existing log is
@@ -683,6 +710,8 @@ def open_audit_log(path: Path, backing: Path, master_key: bytes, *, fail_open: b
     - ``epoch_seconds`` / ``epoch_checkpoints``: a new signing key after this long / this many
       checkpoints (and at every open).
     - ``max_pending``: records queued before appends are refused (fail-open: lost, and counted).
+    - ``forward(lines, chain)``: called on the writer thread with every line once it is durable
+      (seals and control records included), e.g. ``SyslogForwarder.audit_lines``; it must not block.
     - ``host``: use this host's own key store and anchor in the volume (``--audit-host``: each
       of several mounts of one volume on shared storage signs its own trail); None: the
       volume-wide store, one writer per volume.
@@ -704,14 +733,14 @@ def open_audit_log(path: Path, backing: Path, master_key: bytes, *, fail_open: b
             else " (is another server using the same --audit-host name?)")
     lock_fd = _lock_file(store_path.with_name("audit-key.lock"), what, hint)
     try:
-        return _open(path, backing, master_key, settings, hooks, lock_fd, host)
+        return _open(path, backing, master_key, settings, hooks, lock_fd, forward, host)
     except BaseException:
         os.close(lock_fd)
         raise
 
 
 def _open(path: Path, backing: Path, master_key: bytes, settings: AuditSettings, hooks: _Hooks,
-          lock_fd: int, host: str | None = None) -> AuditLog:
+          lock_fd: int, forward: Forward | None = None, host: str | None = None) -> AuditLog:
     try:
         _make_folder(path.parent)
     except OSError as exc:
@@ -738,7 +767,8 @@ def _open(path: Path, backing: Path, master_key: bytes, settings: AuditSettings,
         _reconcile(store, tail, path)
     key = store.open_slot(store.current, master_key)
     try:
-        return _start_writer(path, store, store_key, key, tail, anchor_created, settings, hooks, lock_fd)
+        return _start_writer(path, store, store_key, key, tail, anchor_created, settings, hooks, lock_fd,
+                             forward)
     except OSError as exc:
         key.erase()
         raise AuditUnavailable(_explain(exc, path)) from None
@@ -785,9 +815,11 @@ def _reconcile(store: KeyStore, tail: _Tail, path: Path) -> None:
 
 
 def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, tail: _Tail | None,
-                  anchor_created: bool, settings: AuditSettings, hooks: _Hooks, lock_fd: int) -> AuditLog:
+                  anchor_created: bool, settings: AuditSettings, hooks: _Hooks, lock_fd: int,
+                  forward: Forward | None = None) -> AuditLog:
     stamp = lambda: Stamp(utc_text(hooks.clock()), hooks.mono())  # noqa: E731
     lines: list[bytes] = []
+    on_disk = b""  # a link line written before the writer exists (forwarded with the rest)
     fd: int
     if tail is not None and tail.state.last_type == ROTATE:
         # A rotation was cut short by a crash: finish it, then resume in the new file.
@@ -796,7 +828,8 @@ def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, 
         rotated = _rotated_name_from(tail) or f"{path.name}.unnamed"
         if not path.with_name(rotated).exists():
             os.link(path, path.with_name(rotated), follow_symlinks=False)
-        fd, _ = create_linked_file(path, chainer.link(stamp(), rotated))
+        on_disk = chainer.link(stamp(), rotated)
+        fd, _ = create_linked_file(path, on_disk)
         _flock_log(fd, path)
         lines.append(_resume(chainer, state, stamp(), torn=0))
     elif tail is not None:
@@ -828,7 +861,8 @@ def _start_writer(path: Path, store: KeyStore, store_key: bytes, key: EpochKey, 
                       "(give its files to audit verify too)")
         lines.append(chainer.start(stamp(), continues, detail))
         fsync_dir(path.parent)
-    writer = AuditLog(path, store, store_key, chainer, fd, settings, hooks, lock_fd)
+    writer = AuditLog(path, store, store_key, chainer, fd, settings, hooks, lock_fd, forward)
+    writer._outbox += on_disk
     try:
         writer._prepare_epoch(strict=True)
         lines.append(writer._endorse_next_key())

@@ -1,4 +1,11 @@
-"""Admin commands for the allow-list: add, list, remove, check, grant (break-glass)."""
+"""Admin commands for the allow-list: add, list, remove, check, grant (break-glass).
+
+An edit (add, grant, remove) is also queued for the audit trail of every running mount that
+uses the edited policy file (``record_policy_edit``): the mount's own ``policy-reload`` record
+says *what* changed; this one says *who* ran which command. The command has no volume key, so
+the trail records it as an unverified claim (a ``security-alert`` quoting it, see
+audit/spool.py), which is what it is.
+"""
 
 from __future__ import annotations
 
@@ -135,6 +142,29 @@ def allow_add(policy_file: Path, exe: Path | None, rule_id: str | None, user: st
     assert rule is not None
     click.echo(f"added {_summary(rule)}")
     click.echo(f"in force on running mounts of {policy_file} within a second")
+    record_policy_edit(policy_file, "add", rule, policy.digest)
+
+
+def record_policy_edit(policy_file: Path, action: str, rule: Rule | str, digest: str) -> None:
+    """Queue a ``policy-edit`` event for each running mount of ``policy_file``; say where it went."""
+    from ..maintenance import events
+    from .status import collect
+
+    path = os.path.abspath(policy_file)
+    backings = sorted({entry["backing"] for entry in collect()
+                       if entry.get("mounted") and entry.get("backing")
+                       and (entry.get("policy") or {}).get("path") == path})
+    if not backings:
+        click.echo(f"audit: no running mount uses {path}: the next mount records the policy it loads "
+                   "(policy-load, with its SHA-256)", err=True)
+        return
+    # Records hold no floats (rate-limit windows are); the reload record has the full rule set.
+    details = ({key: value for key, value in rule_as_json(rule).items() if key not in ("rate_limit", "line")}
+               if isinstance(rule, Rule) else {"id": rule})
+    for backing in backings:
+        event = events.make_event("policy-edit", backing=backing, action=action, policy_file=path,
+                                  policy_sha256=digest, rule=details)
+        click.echo(f"audit: policy edit {events.audit_event(event, Path(backing))}", err=True)
 
 
 def _current(policy_file: Path) -> Policy:
@@ -186,6 +216,7 @@ def allow_grant(policy_file: Path, exe: Path, duration: str, reason: str, user: 
     click.echo(f"granted {_summary(rule)}")
     click.echo("every use is logged as a security alert; it expires by itself "
                f"(remove earlier with: encfs-pacs allow remove {rule_id})")
+    record_policy_edit(policy_file, "break-glass grant", rule, policy.digest)
 
 
 @allow.command("remove")
@@ -198,8 +229,9 @@ def allow_remove(policy_file: Path, rule_id: str) -> None:
     Example:
       encfs-pacs allow remove break-glass-dcmdump
     """
-    remove_rule(policy_file, rule_id)
+    policy = remove_rule(policy_file, rule_id)
     click.echo(f"removed rule {rule_id} from {policy_file}")
+    record_policy_edit(policy_file, "remove", rule_id, policy.digest)
 
 
 def rule_as_json(rule: Rule) -> dict[str, Any]:

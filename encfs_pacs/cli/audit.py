@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
 from .. import config as config_schema
-from .. import store
-from ..audit import export, parse_public_key, query, read_anchor, verify
+from .. import durable, store
+from ..audit import export, html_report, parse_public_key, query, read_anchor, verify
 from ..errors import AuditTampered, AuditUnavailable, UsageError
 
 
@@ -106,6 +108,32 @@ def verify_command(ctx: click.Context, logs: tuple[Path, ...], anchor_text: str 
         click.echo(line)
 
 
+@audit_group.command("collect")
+@click.argument("syslog_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+def collect_command(syslog_file: Path, outdir: Path) -> None:
+    """Rebuild each host's audit log files from a syslog collector's file (RFC 5424 lines).
+
+    Every forwarded message holds one audit line byte for byte and the sending host's name:
+    the lines are grouped per host and chain, ordered, de-duplicated and split at rotations
+    into OUTDIR/HOST/CHAIN-FIRSTSEQ.audit.jsonl, which `audit verify` checks as they are (a
+    message lost or edited on the way shows as a deleted or edited record). `audit query` and
+    `audit report` given several OUTDIR/HOST folders merge them by time and show each record's
+    host (the folder name).
+
+    \b
+    Example:
+      encfs-pacs audit collect /var/log/remote/encfs-pacs.log /srv/audit/central
+      encfs-pacs audit verify --anchor "$(cat acq.anchor)" /srv/audit/central/pacs-acq/*
+      encfs-pacs audit query /srv/audit/central/*/* --patient PAT-0001
+    """
+    from ..audit.collect import collect
+
+    report = collect(syslog_file, outdir)
+    for line in report.lines():
+        click.echo(line)
+
+
 # ---------------------------------------------------------------------------- query, report, export
 
 _READ_FIRST = ("Reads records (each line's hash is checked) but does not check signatures: run "
@@ -175,7 +203,8 @@ def query_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | Non
                   after_hours: bool, work_hours: str, as_json: bool) -> None:
     """List the access records of LOGs that match every given filter, oldest first.
 
-    Files of several trails may be given: records are merged by time.
+    Files of several trails may be given: records are merged by time. Logs from several folders
+    (one per host, as `audit collect` writes them) get a host column: the folder's name.
 
     \b
     Examples:
@@ -191,6 +220,10 @@ def query_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | Non
     if as_json:
         for record in hits:
             click.echo(json.dumps(record, ensure_ascii=False))
+    elif any(query.ORIGIN in record for record in hits):  # several hosts: say which one
+        rows = [[str(record.get(query.ORIGIN, "-")), *_row(record)] for record in hits]
+        _table(rows, (("host", 12), *_TABLE))
+        click.echo(f"{len(hits)} of {len(loaded.records)} records", err=True)
     else:
         _table([_row(record) for record in hits], _TABLE)
         click.echo(f"{len(hits)} of {len(loaded.records)} records", err=True)
@@ -235,28 +268,127 @@ def _bulk_report(loaded: query.Loaded, patients: int, minutes: int, as_json: boo
            (("first", 19), ("last", 19), ("user", 10), ("program", 24), ("patients", 8), ("records", 0)))
 
 
+def _period_options(text: str | None, html: Path | None) -> html_report.Period | None:
+    if (text is None) != (html is None):
+        raise UsageError("--period YYYY-MM and --html FILE go together (the monthly review report)")
+    if text is None:
+        return None
+    try:
+        return html_report.Period.parse(text)
+    except ValueError as exc:
+        raise UsageError(f"--period {exc}") from None
+
+
+def _timezone(name: str | None) -> tzinfo | None:
+    if name is None:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f"--timezone {name!r}: not a time zone name (e.g. Asia/Tokyo, UTC)") from None
+
+
+def _check_readable(logs: tuple[Path, ...]) -> None:
+    """The review report refuses logs it cannot read, rather than leaving them out."""
+    for log in logs:
+        try:
+            with open(log, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read audit log {log}: {exc.strerror or exc}") from None
+
+
+def _write_new(path: Path, data: bytes, force: bool) -> None:
+    """Write the whole file next to ``path`` first, then put it in place in one step: a reader
+    never sees half a report. Without ``force`` an existing file is never replaced (a hard link
+    fails if the name exists, even if it appeared after the check). 0600: it names patients."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        durable.write_file_atomically(tmp, data, 0o600, sync_folder=False)
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists: give --force to replace it") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    durable.fsync_dir(path.parent)
+
+
+def _monthly_report(ctx: click.Context, logs: tuple[Path, ...], period: html_report.Period, html: Path,
+                    anchor_text: str | None, force: bool, options: html_report.ReportOptions) -> None:
+    if html.exists() and not force:
+        raise UsageError(f"{html} already exists: give --force to replace it")
+    _check_readable(logs)
+    anchor = _anchor_from(anchor_text) if anchor_text else None
+    integrity = verify(list(logs), anchor)
+    loaded = _load(logs)
+    page = html_report.build_report(loaded.records, period, integrity=integrity,
+                                    sources=[str(log) for log in logs], read_problem=loaded.problem,
+                                    options=options, generated=datetime.now(UTC))
+    _write_new(html, page.encode("utf-8"), force)
+    state, sentence = html_report.integrity_status(integrity)
+    inside = len(period.select(loaded.records))
+    click.echo(f"wrote {html}: {inside} records in {period.label} (UTC); logs {state}", err=True)
+    if state != "intact":
+        click.echo(f"WARNING: {sentence}", err=True)
+    if state == "broken":
+        ctx.exit(AuditTampered.exit_code)
+    _finish(ctx, loaded)
+
+
 @audit_group.command("report", epilog=_READ_FIRST)
 @_LOGS
 @click.option("--patient", metavar="ID", help="Every access to this patient's images (disclosure request).")
 @click.option("--bulk", is_flag=True, help="Users/programs touching many patients in a short time.")
 @click.option("--bulk-patients", default=20, show_default=True, type=click.IntRange(min=1),
-              help="--bulk: more than this many distinct patients...")
+              help="--bulk and --period: more than this many distinct patients...")
 @click.option("--bulk-minutes", default=10, show_default=True, type=click.IntRange(min=1),
-              help="--bulk: ...within this many minutes.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+              help="--bulk and --period: ...within this many minutes.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report (--patient, --bulk).")
+@click.option("--period", metavar="YYYY-MM", help="Monthly review report of this month (UTC), with --html.")
+@click.option("--html", "html", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="--period: write the review report here (one self-contained HTML page, mode 0600).")
+@click.option("--anchor", "anchor_text", metavar="KEY",
+              help="--period: verify the logs against the volume's anchor (hex, base64 or a file).")
+@click.option("--force", is_flag=True, help="--period: replace FILE if it exists (atomically).")
+@click.option("--work-hours", default="8-18", show_default=True, metavar="START-END",
+              help="--period: working hours for the after-hours section.")
+@click.option("--timezone", "timezone_name", metavar="NAME",
+              help="--period: time zone of the working hours (default: this machine's, TZ).")
 @click.pass_context
 def report_command(ctx: click.Context, logs: tuple[Path, ...], patient: str | None, bulk: bool,
-                   bulk_patients: int, bulk_minutes: int, as_json: bool) -> None:
+                   bulk_patients: int, bulk_minutes: int, as_json: bool, period: str | None,
+                   html: Path | None, anchor_text: str | None, force: bool, work_hours: str,
+                   timezone_name: str | None) -> None:
     """Reports over LOGs: --patient ID (who accessed that patient's images, when, with which
-    program, what was done; summary counts first) and/or --bulk.
+    program, what was done; summary counts first), --bulk, and --period YYYY-MM --html FILE:
+    the monthly review report for auditors (integrity of the logs checked with the verifier,
+    accesses per user and program, denials, after-hours and bulk access, policy, key and
+    maintenance events, mounts, audit outages, integrity failures), organised by what the MHLW
+    guideline v6.0 and HIPAA §164.312(b) / §164.308(a)(1)(ii)(D) ask for. FILE is refused if it
+    exists unless --force; it is written whole, then put in place (never half-written).
 
     \b
     Examples:
       encfs-pacs audit report --patient PAT-0001 /var/log/encfs-pacs/*.jsonl*
       encfs-pacs audit report --bulk --bulk-patients 50 --bulk-minutes 5 audit.log*
+      encfs-pacs audit report audit.log* --period 2026-11 --html review-2026-11.html \\
+          --anchor "$(cat /secure/place/pacs-enc.anchor)" --timezone Asia/Tokyo
     """
+    month = _period_options(period, html)
+    if not patient and not bulk and month is None:
+        raise UsageError("say which report: --patient ID, --bulk and/or --period YYYY-MM --html FILE")
+    if month is not None and html is not None:
+        options = html_report.ReportOptions(work_hours=_work_hours(work_hours), tz=_timezone(timezone_name),
+                                            bulk_patients=bulk_patients,
+                                            bulk_window=timedelta(minutes=bulk_minutes))
+        _monthly_report(ctx, logs, month, html, anchor_text, force, options)
     if not patient and not bulk:
-        raise UsageError("say which report: --patient ID and/or --bulk")
+        return
     loaded = _load(logs)
     if patient:
         _patient_report(loaded, patient, as_json)

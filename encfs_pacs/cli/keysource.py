@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from ..crypto.volume_config import KDF_PKCS11, VolumeConfig
 from ..errors import KeySourceError
 from ..store import Secret
 
@@ -33,6 +34,11 @@ credential_option = click.option(
 keyfile_option = click.option(
     "--keyfile", type=click.Path(dir_okay=False, path_type=Path),
     help="Use a 32-byte binary keyfile instead of a passphrase.")
+kms_option = click.option(
+    "--kms", metavar="URI",
+    help="Key from a key service: 'pkcs11:token=T;object=KEY?module-path=/lib.so&pin-source=file:/pin' "
+         "(HSM) or 'kmip://HOST:PORT/KEY-UID?ca=F&cert=F&key=F'. Files only: no PIN in the URI. "
+         "See docs/key-services.md.")
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -92,10 +98,27 @@ def _first_line(data: bytes, what: str) -> Secret:
     return Secret("passphrase", first_line)
 
 
+def secret_from_kms(uri: str, volume: VolumeConfig | None) -> Secret:
+    """A key-service secret from a --kms URI; ``volume`` is None at init (the URI names it all),
+    else the volume's config (which records the key: the URI may give only credentials)."""
+    from .. import keyservice
+
+    return Secret.from_service(keyservice.open_service(keyservice.parse_uri(uri), volume))
+
+
 def secret_from_options(passphrase_file: Path | None, keyfile: Path | None, confirm: bool,
-                        credential: str | None = None) -> Secret:
-    if sum(x is not None for x in (passphrase_file, keyfile, credential)) > 1:
-        raise KeySourceError("give only one of --passphrase-file, --keyfile and --credential")
+                        credential: str | None = None, kms: str | None = None,
+                        volume: VolumeConfig | None = None) -> Secret:
+    """The one secret the options give (the prompt if none). ``volume``: the volume's config
+    when it exists (mount), so a key-service volume is told to use --kms instead of a prompt."""
+    if sum(x is not None for x in (passphrase_file, keyfile, credential, kms)) > 1:
+        raise KeySourceError("give only one of --passphrase-file, --keyfile, --credential and --kms")
+    if kms is not None:
+        return secret_from_kms(kms, volume)
+    if volume is not None and volume.service is not None and not (passphrase_file or keyfile or credential):
+        raise KeySourceError(
+            f"this volume's key is in a {volume.kdf} key service: give --kms URI with this host's "
+            f"credentials (e.g. {_kms_example(volume.kdf)}) or --recovery-key-file; see docs/key-services.md")
     if credential is not None:
         return secret_from_credential(credential)
     if keyfile:
@@ -103,6 +126,12 @@ def secret_from_options(passphrase_file: Path | None, keyfile: Path | None, conf
     if passphrase_file:
         return _first_line(_read(passphrase_file, "passphrase file"), f"passphrase file {passphrase_file}")
     return Secret("passphrase", _prompt(confirm))
+
+
+def _kms_example(kind: str) -> str:
+    if kind == KDF_PKCS11:
+        return "'pkcs11:?pin-source=file:/etc/encfs-pacs/hsm.pin'"
+    return "'kmip:?ca=/etc/encfs-pacs/kmip-ca.pem&cert=/etc/encfs-pacs/kmip.crt&key=/etc/encfs-pacs/kmip.key'"
 
 
 def _prompt(confirm: bool) -> bytes:

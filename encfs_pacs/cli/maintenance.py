@@ -2,7 +2,8 @@
 
 The work is done by ``encfs_pacs.maintenance``; this module reads secrets (files or a
 terminal prompt, never the command line), draws progress on a terminal, prints summaries
-(or --json) and hands each command's audit event to ``maintenance.events.audit_event``.
+(or --json) and hands each command's audit event to ``maintenance.events.audit_event``, which
+queues it for the volume's audit trail; one line on stderr says where it went.
 """
 
 from __future__ import annotations
@@ -22,16 +23,23 @@ from ..crypto import keys
 from ..crypto.recovery_key import Share
 from ..crypto.volume_config import KDF_KEYFILE
 from ..errors import (
-    EncfsPacsError,
     KeySourceError,
+    RecoveryKeyError,
     TransferIncomplete,
     VolumeDamaged,
+    WrongPassphrase,
 )
 from ..maintenance import exporter, importer, rekey
 from ..maintenance import fsck as fsck_mod
-from ..maintenance.events import audit_event, make_event
+from ..maintenance.events import audit_event, authenticate, make_event
 from ..maintenance.tree import Summary
-from .keysource import keyfile_option, passphrase_file_option, secret_from_options
+from .keysource import (
+    keyfile_option,
+    kms_option,
+    passphrase_file_option,
+    secret_from_kms,
+    secret_from_options,
+)
 
 recovery_key_file_option = click.option(
     "--recovery-key-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -56,24 +64,41 @@ def _prompt(label: str, confirm_label: str | None = None) -> bytes:
 
 
 def current_secret(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                   recovery_key_file: Path | None) -> rekey.OldSecret:
+                   recovery_key_file: Path | None, kms: str | None = None) -> rekey.OldSecret:
     """What unlocks the volume now: exactly one of the options, or a passphrase prompt."""
-    if sum(x is not None for x in (passphrase_file, keyfile, recovery_key_file)) > 1:
-        raise KeySourceError("give only one of --passphrase-file, --keyfile and --recovery-key-file")
+    if sum(x is not None for x in (passphrase_file, keyfile, recovery_key_file, kms)) > 1:
+        raise KeySourceError("give only one of --passphrase-file, --keyfile, --kms and --recovery-key-file")
     if recovery_key_file is not None:
         return rekey.OldSecret(recovery_file=recovery_key_file)
-    if passphrase_file is not None or keyfile is not None:
-        return rekey.OldSecret(secret_from_options(passphrase_file, keyfile, confirm=False))
-    if store.read_config(backing).kdf == KDF_KEYFILE:
+    config = store.read_config(backing)
+    if passphrase_file is not None or keyfile is not None or kms is not None:
+        return rekey.OldSecret(secret_from_options(passphrase_file, keyfile, confirm=False, kms=kms,
+                                                   volume=config))
+    if config.service is not None:
+        raise KeySourceError(f"this volume's key is in a {config.kdf} key service: give --kms URI "
+                             "(see docs/key-services.md) or --recovery-key-file FILE")
+    if config.kdf == KDF_KEYFILE:
         raise KeySourceError("this volume is unlocked with a keyfile: give --keyfile FILE "
                              "(or --recovery-key-file FILE)")
     return rekey.OldSecret(store.Secret("passphrase", _prompt("Current passphrase: ")))
 
 
+def record(event: dict[str, Any]) -> None:
+    """Queue the command's audit event and say where it went (stderr: stdout may be --json)."""
+    click.echo(f"audit: {audit_event(event)}", err=True)
+
+
+def unlocked_with(passphrase_file: Path | None, keyfile: Path | None, recovery_key_file: Path | None) -> str:
+    if recovery_key_file is not None:
+        return rekey.RECOVERY
+    return "keyfile" if keyfile is not None else "passphrase"
+
+
 def unlock(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-           recovery_key_file: Path | None) -> store.Volume:
+           recovery_key_file: Path | None, kms: str | None = None) -> store.Volume:
     store.read_config(backing)  # a missing or foreign volume is reported before any prompt
-    return rekey.open_volume(backing, current_secret(backing, passphrase_file, keyfile, recovery_key_file))
+    old = current_secret(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    return rekey.open_volume(backing, old)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -143,16 +168,20 @@ def progress_for(label: str, json_output: bool) -> TerminalProgress | None:
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The new passphrase: first line of FILE.")
 @click.option("--new-keyfile", type=click.Path(dir_okay=False, path_type=Path),
               help="Unlock with this 32-byte keyfile from now on.")
+@click.option("--new-kms", metavar="URI",
+              help="Have this key service (HSM or KMIP server) seal the key from now on "
+                   "(URI as for init --kms).")
 @click.option("--scrypt-log-n", type=int, default=keys.DEFAULT_SCRYPT_LOG_N, show_default=True,
               hidden=True, help="scrypt cost for a new passphrase; lower only for tests.")
-def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
+def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None, kms: str | None,
            recovery_key_file: Path | None, new_passphrase_file: Path | None, new_keyfile: Path | None,
-           scrypt_log_n: int) -> None:
+           new_kms: str | None, scrypt_log_n: int) -> None:
     """Change the passphrase or keyfile of the volume BACKING.
 
     Only the wrapping of the master key changes (new salt): no image is re-encrypted, the
@@ -164,21 +193,30 @@ def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
     Examples:
       encfs-pacs passwd /srv/pacs-encrypted --passphrase-file old.pass --new-passphrase-file new.pass
       encfs-pacs passwd /srv/pacs-encrypted --recovery-key-file shares.txt   # lost passphrase
+      encfs-pacs passwd /srv/pacs-encrypted --passphrase-file old.pass --new-kms 'pkcs11:...'
     """
     store.read_config(backing)
-    old = current_secret(backing, passphrase_file, keyfile, recovery_key_file)
-    if new_passphrase_file is not None or new_keyfile is not None:
+    old = current_secret(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    if new_kms is not None:
+        if new_passphrase_file is not None or new_keyfile is not None:
+            raise KeySourceError("give only one of --new-passphrase-file, --new-keyfile and --new-kms")
+        new = secret_from_kms(new_kms, None)  # the URI names the key: it may differ from the old one
+    elif new_passphrase_file is not None or new_keyfile is not None:
         new = secret_from_options(new_passphrase_file, new_keyfile, confirm=False)
     else:
         new = store.Secret("passphrase", _prompt("New passphrase: ", "Repeat new passphrase: "))
     try:
         event = rekey.change_secret(backing, old, new, scrypt_log_n)
-    except EncfsPacsError as exc:
-        audit_event(make_event("volume-key-changed", outcome="failure", backing=str(backing.absolute()),
-                               unlocked_with=old.kind, reason=str(exc)))
+    except (WrongPassphrase, RecoveryKeyError) as exc:
+        # A failed unlock attempt (not a typo in the options). Unauthenticated, as no key was
+        # unlocked: the trail records it as an unverified claim.
+        record(make_event("volume-key-changed", outcome="error", backing=str(backing.absolute()),
+                          unlocked_with=old.kind, reason=str(exc)))
         raise
-    audit_event(event)
-    click.echo(f"changed the {'keyfile' if new.kind == 'keyfile' else 'passphrase'} of {backing} "
+    record(event)
+    what = f"key service ({new.service})" if new.service is not None else (
+        "keyfile" if new.kind == "keyfile" else "passphrase")
+    click.echo(f"changed the {what} of {backing} "
                f"(key ID {event['key_id']}); no data was re-encrypted")
     click.echo("old copies of .encfs-pacs/volume.json (in backups) still open with the old secret")
 
@@ -195,11 +233,12 @@ def recovery_key_group() -> None:
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @click.option("--shares", type=click.IntRange(1, 255), default=1, show_default=True,
               help="Split the key into N shares, one per key holder.")
 @click.option("--threshold", type=click.IntRange(1, 255), default=None,
               help="Any M shares recover the key; fewer reveal nothing (default: all N).")
-def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
+def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Path | None, kms: str | None,
                         shares: int, threshold: int | None) -> None:
     """Print a recovery key for BACKING: the master key as typeable lines.
 
@@ -214,10 +253,10 @@ def recovery_key_create(backing: Path, passphrase_file: Path | None, keyfile: Pa
       encfs-pacs recovery-key create /srv/pacs-encrypted --shares 5 --threshold 3
     """
     store.read_config(backing)
-    old = current_secret(backing, passphrase_file, keyfile, None)
+    old = current_secret(backing, passphrase_file, keyfile, None, kms)
     threshold = shares if threshold is None else threshold
     config, made, event = rekey.create_recovery_key(backing, old, shares, threshold)
-    audit_event(event)
+    record(event)
     echo_recovery_key(backing, config.key_id, made, threshold)
 
 
@@ -249,9 +288,10 @@ def recovery_key_check(backing: Path, recovery_key_file: Path) -> None:
     Example:
       encfs-pacs recovery-key check /srv/pacs-encrypted --recovery-key-file typed-shares.txt
     """
-    rekey.master_key_from_recovery_file(backing, recovery_key_file)
-    audit_event(make_event("recovery-key-checked", outcome="success", backing=str(backing.absolute()),
-                           key_id=store.read_config(backing).key_id.hex()))
+    master = rekey.master_key_from_recovery_file(backing, recovery_key_file)
+    record(authenticate(make_event("recovery-key-checked", outcome="success", backing=str(backing.absolute()),
+                                   key_id=store.read_config(backing).key_id.hex(),
+                                   unlocked_with=rekey.RECOVERY), master))
     click.echo(f"the recovery key in {recovery_key_file} unlocks {backing}")
 
 
@@ -284,11 +324,11 @@ def _print_summary(summary: Summary, verb: str, json_output: bool) -> None:
         click.echo(summary.stopped)
 
 
-def _finish_transfer(summary: Summary, what: str, backing: Path, event: str, **fields: Any) -> None:
-    audit_event(make_event(event, outcome="success" if summary.ok else "incomplete",
-                           backing=str(backing.absolute()), files=summary.files_done,
-                           bytes=summary.bytes_done, skipped=summary.skipped_files,
-                           failed=len(summary.failed), **fields))
+def _finish_transfer(summary: Summary, what: str, volume: store.Volume, event: str, **fields: Any) -> None:
+    record(authenticate(make_event(event, outcome="success" if summary.ok else "incomplete",
+                                   backing=str(volume.backing.absolute()), files=summary.files_done,
+                                   bytes=summary.bytes_done, skipped=summary.skipped_files,
+                                   failed=len(summary.failed), **fields), volume.master_key))
     if not summary.ok:
         raise TransferIncomplete(
             f"{len(summary.failed)} item(s) could not be {what} (listed above); fix the cause and run "
@@ -300,6 +340,7 @@ def _finish_transfer(summary: Summary, what: str, backing: Path, event: str, **f
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--remove-source", is_flag=True,
               help="Delete each source file once its encrypted copy is verified and synced.")
@@ -307,8 +348,8 @@ def _finish_transfer(summary: Summary, what: str, backing: Path, event: str, **f
               help="Re-import files whose copy in the volume differs in size or modification time.")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
 def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                   recovery_key_file: Path | None, remove_source: bool, replace_changed: bool,
-                   json_output: bool) -> None:
+                   kms: str | None, recovery_key_file: Path | None, remove_source: bool,
+                   replace_changed: bool, json_output: bool) -> None:
     """Encrypt the plain folder PLAIN_DIR into the volume BACKING (made by 'encfs-pacs init').
 
     Every file is encrypted to a hidden staging name, synced, decrypted again and compared
@@ -322,13 +363,14 @@ def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None,
       encfs-pacs init /srv/pacs-encrypted --passphrase-file /root/pacs.pass
       encfs-pacs import /var/lib/orthanc/db /srv/pacs-encrypted --passphrase-file /root/pacs.pass
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
+    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     summary = importer.import_tree(plain_dir, volume, remove_source=remove_source,
                                    replace_changed=replace_changed,
                                    progress=progress_for("importing", json_output))
     _print_summary(summary, "imported", json_output)
-    _finish_transfer(summary, "imported", backing, "volume-import", source=str(plain_dir.absolute()),
-                     remove_source=remove_source, sources_removed=summary.sources_removed)
+    _finish_transfer(summary, "imported", volume, "volume-import", source=str(plain_dir.absolute()),
+                     remove_source=remove_source, sources_removed=summary.sources_removed,
+                     unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file))
 
 
 @click.command("export")
@@ -336,11 +378,12 @@ def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None,
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted export into DEST.")
 @click.option("--json", "json_output", is_flag=True, help="Print the summary as JSON.")
 def export_command(backing: Path, dest: Path, passphrase_file: Path | None, keyfile: Path | None,
-                   recovery_key_file: Path | None, resume: bool, json_output: bool) -> None:
+                   kms: str | None, recovery_key_file: Path | None, resume: bool, json_output: bool) -> None:
     """Decrypt the volume BACKING into the plain folder DEST (which must be empty).
 
     DEST then holds every image in PLAINTEXT: protect it accordingly. Files that fail
@@ -350,11 +393,12 @@ def export_command(backing: Path, dest: Path, passphrase_file: Path | None, keyf
     Example:
       encfs-pacs export /srv/pacs-encrypted /mnt/migration/pacs --passphrase-file /root/pacs.pass
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
+    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     summary = exporter.export_volume(volume, dest, resume=resume,
                                      progress=progress_for("exporting", json_output))
     _print_summary(summary, "exported", json_output)
-    _finish_transfer(summary, "exported", backing, "volume-export", destination=str(dest.absolute()))
+    _finish_transfer(summary, "exported", volume, "volume-export", destination=str(dest.absolute()),
+                     unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file))
 
 
 # ---------------------------------------------------------------------------- fsck
@@ -382,13 +426,15 @@ def _print_fsck(result: fsck_mod.FsckResult) -> None:
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @passphrase_file_option
 @keyfile_option
+@kms_option
 @recovery_key_file_option
 @click.option("--json", "json_output", is_flag=True, help="Print the report as JSON.")
 @click.option("--quarantine", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MOVE each damaged file out of the volume into DIR (ciphertext kept, with a report "
                    "of the lost chunks), so the PACS sees it missing instead of read errors.")
 def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-                 recovery_key_file: Path | None, json_output: bool, quarantine: Path | None) -> None:
+                 kms: str | None, recovery_key_file: Path | None, json_output: bool,
+                 quarantine: Path | None) -> None:
     """Read and authenticate every chunk of every file in BACKING; change nothing.
 
     Exit 0: every file is intact (leftovers such as staging files of an interrupted import
@@ -400,7 +446,7 @@ def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | No
     Example:
       encfs-pacs fsck /srv/pacs-encrypted --passphrase-file /root/pacs.pass --json
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file)
+    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     progress = progress_for("checking", json_output)
     moved: list[str] = []
     if quarantine is None:
@@ -413,9 +459,11 @@ def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | No
         _print_fsck(result)
         for path in moved:
             click.echo(f"MOVED     {path} -> {quarantine / path}")
-    audit_event(make_event("volume-checked", outcome="clean" if result.clean else "damaged",
-                           backing=str(backing.absolute()), damaged=len(result.damaged),
-                           leftovers=len(result.leftovers), quarantined=moved))
+    record(authenticate(make_event("volume-checked", outcome="clean" if result.clean else "damaged",
+                                   backing=str(backing.absolute()), damaged=len(result.damaged),
+                                   leftovers=len(result.leftovers), quarantined=moved,
+                                   unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file)),
+                        volume.master_key))
     if not result.clean:
         where = f"; {len(moved)} moved to {quarantine}" if moved else ""
         raise VolumeDamaged(f"{len(result.damaged)} damaged file(s) in {backing} (listed above){where}")

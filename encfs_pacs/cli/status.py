@@ -93,9 +93,11 @@ def audit_state(path: str | None, now: datetime | None = None) -> dict[str, Any]
         return state
     # Record times are fixed-width RFC 3339 UTC strings, so text order is time order.
     since = ((now or datetime.now(UTC)) - DENIAL_WINDOW).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    denied = learn_denied = 0
+    denied = learn_denied = syslog_dropped = 0
     try:
         for record in iter_records([Path(path)]):
+            if record.get("event") == "syslog-dropped" and isinstance(record.get("dropped"), int):
+                syslog_dropped += record["dropped"]  # over the whole active file, not just the hour
             if str(record.get("time", "")) < since:
                 continue
             if record.get("outcome") == "denied":
@@ -110,6 +112,7 @@ def audit_state(path: str | None, now: datetime | None = None) -> dict[str, Any]
         return state
     state["denied_last_hour"] = denied
     state["learn_denied_last_hour"] = learn_denied
+    state["syslog_dropped"] = syslog_dropped
     return state
 
 
@@ -135,6 +138,7 @@ def collect(mountpoint: Path | None = None) -> list[dict[str, Any]]:
             "shared_storage": bool(record.get("shared_storage", False)),
             "policy": policy_state(record.get("policy")) if known else None,
             "audit": audit_state(record.get("audit_log")) if known else None,
+            "syslog": record.get("syslog"),
             # Records of daemons started before status existed hold only pid and backing.
             "details_known": known,
         })
@@ -151,6 +155,10 @@ def _describe(entry: dict[str, Any]) -> list[str]:
                                  if entry["pid"] else "unknown (no registry record visible to this user)")]
     if entry["details_known"]:
         lines += [_policy_line(entry), _audit_line(entry["audit"])]
+        if entry.get("syslog"):
+            dropped = (entry["audit"] or {}).get("syslog_dropped")
+            lines.append(f"  syslog:    {entry['syslog']}" + (
+                f" ({dropped} message(s) dropped, per the active audit file)" if dropped else ""))
         if entry["shared_storage"]:
             lines.append("  sharing:   --shared-storage (other servers may mount this volume)")
     else:

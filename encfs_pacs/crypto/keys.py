@@ -50,6 +50,11 @@ def new_master_key() -> bytes:
     return secrets.token_bytes(MASTER_KEY_BYTES)
 
 
+def new_wrapping_key() -> bytes:
+    """A random wrapping key, for a key service to seal (it is the keyfile of such a volume)."""
+    return secrets.token_bytes(32)
+
+
 def wrapping_key_from_passphrase(passphrase: bytes, params: ScryptParams) -> bytes:
     if not passphrase:
         raise KeySourceError("the passphrase is empty: choose a non-empty passphrase")
@@ -84,6 +89,13 @@ def audit_key_store_key(master_key: bytes) -> bytes:
     """Seals the audit trail's current Ed25519 epoch key at rest (``.encfs-pacs/audit-key.json``).
     Its own label, so the audit key store can never decrypt or be decrypted as image content."""
     return _hkdf(master_key, b"encfs-pacs v1 audit key store")
+
+
+def audit_spool_key(master_key: bytes) -> bytes:
+    """HMAC key of the audit spool (``.encfs-pacs/audit-spool/``): maintenance commands, which
+    hold the master key, authenticate the events they queue for the mount's audit trail, so a
+    process that can write the folder but lacks the key cannot pass off an event as theirs."""
+    return _hkdf(master_key, b"encfs-pacs v1 audit spool mac")
 
 
 def file_key(content_root: bytes, file_id: bytes) -> bytes:

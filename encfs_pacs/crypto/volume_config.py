@@ -30,6 +30,36 @@ ALLOWED_CHUNK_SIZES = frozenset(2**k for k in range(12, 21))  # 4 KiB .. 1 MiB
 
 KDF_SCRYPT = "scrypt"
 KDF_KEYFILE = "keyfile"
+# The wrapping key is sealed by a key service whose own key never leaves it (docs/key-services.md).
+KDF_PKCS11 = "pkcs11"
+KDF_KMIP = "kmip"
+# kind -> (the service's mechanism, its IV length, its ciphertext length for the 32-byte
+# wrapping key). PKCS#11: CKM_AES_GCM with a 16-byte tag; KMIP: AES-CBC with PKCS#5 padding
+# (PyKMIP's client cannot pass GCM's associated data; the outer AES-GCM wrap authenticates).
+SERVICE_MECHANISMS = {KDF_PKCS11: ("CKM_AES_GCM", 12, 48), KDF_KMIP: ("AES-CBC-PKCS5", 16, 48)}
+# kind -> the non-secret reference fields and their JSON types (what the service key is called).
+SERVICE_REFERENCE = {
+    KDF_PKCS11: {"module": str, "token": str, "key_label": str},
+    KDF_KMIP: {"host": str, "port": int, "key_uid": str},
+}
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    """The wrapping key as sealed by a key service, and where that service's key is.
+
+    ``reference`` holds no secret (module path, token and key label; or host, port and key
+    unique identifier): PINs and client certificates stay on each host."""
+
+    reference: dict[str, str | int]
+    iv: bytes
+    sealed: bytes
+
+
+def service_associated_data(key_id: bytes) -> bytes:
+    """What the service binds to its ciphertext where its mechanism can (PKCS#11 AES-GCM), so
+    one volume's sealed wrapping key does not unseal as another's."""
+    return b"encfs-pacs wrapping key|" + key_id.hex().encode()
 
 
 def _b64(raw: bytes) -> str:
@@ -47,6 +77,7 @@ class VolumeConfig:
     features: tuple[str, ...] = (FEATURE_CHUNKS, FEATURE_PLAINTEXT_NAMES)
     version: int = CONFIG_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # informational keys, e.g. "created"
+    service: ServiceKey | None = None  # kdf "pkcs11" / "kmip" only
 
     def wrap_associated_data(self) -> bytes:
         bound = {
@@ -61,6 +92,10 @@ class VolumeConfig:
         kdf: dict[str, Any] = {"algorithm": self.kdf}
         if self.scrypt is not None:
             kdf.update(log_n=self.scrypt.log_n, r=self.scrypt.r, p=self.scrypt.p, salt=_b64(self.scrypt.salt))
+        if self.service is not None:
+            kdf.update(self.service.reference)
+            kdf.update(mechanism=SERVICE_MECHANISMS[self.kdf][0], iv=_b64(self.service.iv),
+                       sealed_key=_b64(self.service.sealed))
         doc = {
             "format": FORMAT_NAME,
             "version": self.version,
@@ -130,7 +165,7 @@ def parse(raw: bytes) -> VolumeConfig:
         raise CorruptConfig(f"volume config is damaged: 'key_id' must be {KEY_ID_BYTES} bytes")
     kdf_doc = _field(doc, "kdf", dict)
     algorithm = _field(kdf_doc, "algorithm", str, "kdf.")
-    scrypt = None
+    scrypt, service = None, None
     if algorithm == KDF_SCRYPT:
         scrypt = ScryptParams(
             salt=_unb64(kdf_doc, "salt", "kdf."),
@@ -140,6 +175,8 @@ def parse(raw: bytes) -> VolumeConfig:
         )
         if not (10 <= scrypt.log_n <= 24 and 1 <= scrypt.r <= 64 and 1 <= scrypt.p <= 16):
             raise CorruptConfig("volume config is damaged: scrypt parameters out of range")
+    elif algorithm in SERVICE_MECHANISMS:
+        service = _service_key(algorithm, kdf_doc)
     elif algorithm != KDF_KEYFILE:
         raise UnsupportedFormat(f"this volume's key is wrapped with {algorithm!r}, which this version lacks")
     wrapped = _field(doc, "wrapped_master_key", dict)
@@ -160,4 +197,27 @@ def parse(raw: bytes) -> VolumeConfig:
         features=tuple(features),
         version=version,
         extra={k: v for k, v in doc.items() if k not in known},
+        service=service,
     )
+
+
+def _service_key(algorithm: str, kdf_doc: dict[str, Any]) -> ServiceKey:
+    """The kdf object of a key-service volume. Exactly the documented fields: an unknown one
+    may change how the key is used, so it is refused like an unknown feature."""
+    fields = SERVICE_REFERENCE[algorithm]
+    allowed = {"algorithm", "mechanism", "iv", "sealed_key", *fields}
+    unknown = sorted(set(kdf_doc) - allowed)
+    if unknown:
+        raise UnsupportedFormat(f"this volume's key service entry has field(s) {', '.join(unknown)} "
+                                "that this encfs-pacs does not know: upgrade encfs-pacs to open it")
+    mechanism, iv_bytes, sealed_bytes = SERVICE_MECHANISMS[algorithm]
+    if _field(kdf_doc, "mechanism", str, "kdf.") != mechanism:
+        raise UnsupportedFormat(f"this volume's {algorithm} key uses mechanism {kdf_doc['mechanism']!r}; "
+                                f"this encfs-pacs knows {mechanism!r} only")
+    reference = {name: _field(kdf_doc, name, kind, "kdf.") for name, kind in fields.items()}
+    if any(value == "" for value in reference.values()) or not 0 < reference.get("port", 1) < 65536:
+        raise CorruptConfig(f"volume config is damaged: an empty or out-of-range {algorithm} reference")
+    iv, sealed = _unb64(kdf_doc, "iv", "kdf."), _unb64(kdf_doc, "sealed_key", "kdf.")
+    if len(iv) != iv_bytes or len(sealed) != sealed_bytes:
+        raise CorruptConfig("volume config is damaged: 'kdf.iv' or 'kdf.sealed_key' has a wrong length")
+    return ServiceKey(reference=reference, iv=iv, sealed=sealed)

@@ -26,6 +26,8 @@ from pathlib import Path
 from ..access import AccessGate
 from ..audit.dicom import DicomTagCache
 from ..audit.enrich import EnrichingAudit
+from ..audit.forward import ForwardingLogHandler, SyslogForwarder, parse_target
+from ..audit.spool import SpoolIngester, spool_path
 from ..errors import MountFailed, MountpointError, UnmountFailed
 from ..store import Volume
 from ._binding import EncfsFUSE
@@ -99,7 +101,7 @@ def _registry_file(mountpoint: Path) -> Path:
 
 
 def _register(mountpoint: Path, volume: Volume, gate: AccessGate | None = None,
-              audit_log: Path | None = None) -> None:
+              audit_log: Path | None = None, syslog: SyslogForwarder | None = None) -> None:
     """Record the daemon's pid for `unmount` to wait on, and what is in force for `status`.
 
     Best effort: never fails the mount."""
@@ -117,7 +119,9 @@ def _register(mountpoint: Path, volume: Volume, gate: AccessGate | None = None,
                   "policy": None if gate is None or gate.holder.path is None else str(gate.holder.path),
                   "learn": bool(gate is not None and gate.learn),
                   "shared_storage": volume.shared,
-                  "audit_log": None if audit_log is None else os.path.abspath(audit_log)}
+                  "audit_log": None if audit_log is None else os.path.abspath(audit_log),
+                  "syslog": None if syslog is None else str(syslog.target),
+                  "syslog_hostname": None if syslog is None else syslog.hostname}
         fd = os.open(_registry_file(mountpoint), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(record) + "\n")
@@ -160,8 +164,9 @@ def _mount_event(event: str, volume: Volume, mountpoint: Path, gate: AccessGate)
 
 
 def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool,
-               host: str | None = None) -> EnrichingAudit:
-    """The volume's audit trail, with patient and study added from DICOM headers.
+               forwarder: SyslogForwarder | None = None, host: str | None = None) -> EnrichingAudit:
+    """The volume's audit trail, with patient and study added from DICOM headers; with a
+    ``forwarder``, every committed line also goes to the syslog collector.
 
     Opened in the daemon itself (its writer thread would not survive the fork); a failure
     reaches the mount command through the ready pipe and nothing is mounted."""
@@ -170,22 +175,81 @@ def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool,
     # The writer itself always keeps records it cannot write yet (in memory, up to its limit):
     # records of accesses the gate let through just before an outage must not be lost. Failing
     # closed is the gate's job: it asks the sink before every access (EnrichingAudit.check).
-    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=True, host=host)
+    writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=True,
+                            forward=None if forwarder is None else forwarder.audit_lines, host=host)
+    if forwarder is not None:
+        forwarder.report = writer.append  # syslog-dropped records: straight to the writer, never blocks
     return EnrichingAudit(writer, DicomTagCache(volume), fail_open=fail_open)
 
 
+def start_forwarder(target: str | None, hostname: str | None) -> SyslogForwarder | None:
+    """The syslog forwarder for a udp:// or tcp:// target (None: no collector), which also
+    takes the daemon log. Started in the daemon: threads do not survive the fork."""
+    if target is None:
+        return None
+    forwarder = SyslogForwarder(parse_target(target), hostname).start()
+    logging.getLogger("encfs_pacs").addHandler(ForwardingLogHandler(forwarder))
+    log.info("forwarding the audit trail and the daemon log to %s as host %s", forwarder.target,
+             forwarder.hostname)
+    return forwarder
+
+
+def stop_forwarder(forwarder: SyslogForwarder | None) -> None:
+    """After the audit log is sealed: send what is queued (a few seconds at most), then stop."""
+    if forwarder is None:
+        return
+    forwarder.close(timeout=2.0)  # settle() has already waited for a slow collector
+    logger = logging.getLogger("encfs_pacs")
+    for handler in list(logger.handlers):
+        if isinstance(handler, ForwardingLogHandler) and handler.forwarder is forwarder:
+            logger.removeHandler(handler)
+
+
+def start_spool(volume: Volume, audit: EnrichingAudit, audit_log: Path) -> SpoolIngester | None:
+    """Record the events maintenance commands queued in the volume (audit/spool.py), then keep
+    polling for new ones. A spool that cannot be read is an alert in the trail, not a failed
+    mount: the trail of file accesses matters more than waiting maintenance events."""
+    ingester = SpoolIngester(volume.backing, audit.writer, volume.master_key, audit_log,  # type: ignore[arg-type]
+                             shared=volume.shared)
+    try:
+        count = ingester.start()
+    except OSError as exc:
+        log.error("cannot ingest the audit spool of %s: %s", volume.backing, exc)
+        audit.append({"event": "security-alert", "outcome": "error", "alert": True,
+                      "detail": f"the audit spool {spool_path(volume.backing)} cannot be read ({exc}): "
+                                "events of maintenance commands stay unrecorded"})
+        return None
+    if count:
+        log.info("recorded %d queued maintenance event(s) from the audit spool", count)
+    return ingester
+
+
 def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None = None,
-          audit_log: Path | None = None, audit_fail_open: bool = False,
-          audit_host: str | None = None) -> None:
-    """Run the file system until it is unmounted. Blocks.
+          audit_log: Path | None = None, audit_fail_open: bool = False, syslog: str | None = None,
+          syslog_hostname: str | None = None, audit_host: str | None = None) -> None:
+    """Run the file system until it is unmounted. Blocks. ``syslog``: a udp:// or tcp:// collector.
 
     ``audit_host``: sign the audit log with this host's own key store in the volume (shared
     storage: every mount of one volume has its own). Shared storage itself is switched on in
     ``volume`` (Volume.enable_shared_storage) before this is called."""
-    as_root = os.geteuid() == 0
     _reload_on_sighup(gate)  # first: threads started later inherit the blocked SIGHUP
+    forwarder = start_forwarder(syslog, syslog_hostname)
+    try:
+        _serve(volume, mountpoint, gate, on_ready, audit_log, audit_fail_open, forwarder, audit_host)
+    finally:
+        stop_forwarder(forwarder)
+
+
+def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None,
+           audit_log: Path | None, audit_fail_open: bool, forwarder: SyslogForwarder | None,
+           audit_host: str | None = None) -> None:
+    as_root = os.geteuid() == 0
+    ingester = None
     if audit_log is not None:
-        gate.audit = open_audit(volume, audit_log, fail_open=audit_fail_open, host=audit_host)
+        audit = open_audit(volume, audit_log, fail_open=audit_fail_open, forwarder=forwarder,
+                           host=audit_host)
+        gate.audit = audit
+        ingester = start_spool(volume, audit, audit_log)  # before serving: queued events first
     gate.holder.start()
     for warning in gate.policy.warnings:
         log.warning("policy: %s", warning)
@@ -195,7 +259,7 @@ def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable
     def ready() -> None:
         nonlocal came_up
         came_up = True
-        _register(mountpoint, volume, gate, audit_log)
+        _register(mountpoint, volume, gate, audit_log, forwarder)
         gate.audit.append(_mount_event("mount", volume, mountpoint, gate))
         if on_ready is not None:
             on_ready()
@@ -232,8 +296,13 @@ def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable
         with contextlib.suppress(OSError):
             _registry_file(mountpoint).unlink()
         gate.holder.stop()
+        if ingester is not None:
+            ingester.stop()  # a last pass: events queued in the final second
         if came_up:
             gate.audit.append(_mount_event("unmount", volume, mountpoint, gate))
+        if forwarder is not None and audit_log is not None:
+            gate.audit.flush()  # the unmount record is committed, then forwarded
+            forwarder.settle()  # what cannot reach the collector is recorded while the trail is open
         close_audit = getattr(gate.audit, "close", None)
         if close_audit is not None:
             close_audit()  # seals the log: a stop checkpoint, then fsync
@@ -249,7 +318,8 @@ def _detach_stdio(log_file: Path | None) -> None:
 
 def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_file: Path | None,
                         configure_logging: Callable[[], None], audit_log: Path | None = None,
-                        audit_fail_open: bool = False, audit_host: str | None = None) -> int:
+                        audit_fail_open: bool = False, syslog: str | None = None,
+                        syslog_hostname: str | None = None, audit_host: str | None = None) -> int:
     """Fork the daemon; return its pid once the mount is usable."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -267,7 +337,8 @@ def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_
                 os.write(write_end, b"OK\n")
 
             serve(volume, mountpoint, gate, on_ready=ready, audit_log=audit_log,
-                  audit_fail_open=audit_fail_open, audit_host=audit_host)
+                  audit_fail_open=audit_fail_open, syslog=syslog, syslog_hostname=syslog_hostname,
+                  audit_host=audit_host)
             code = 0
         except BaseException as exc:  # report any reason to the waiting parent, then die
             with contextlib.suppress(OSError):

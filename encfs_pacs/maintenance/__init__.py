@@ -4,7 +4,7 @@ Works on the store API (``encfs_pacs.store``) and the file format (``encfs_pacs.
 directly, like the FUSE layer does, and never imports FUSE; the CLI in
 ``encfs_pacs.cli.maintenance`` adds options, prompts and progress bars.
 
-events     audit_event(): the hook the audit writer takes over
+events     make_event()/audit_event(): each command's event, queued for the volume's audit trail
 locking    one maintenance command at a time per volume
 progress   the progress interface the CLI draws (files, bytes, rate, ETA)
 codec      whole-file streaming encryption, authentication and decryption on descriptors

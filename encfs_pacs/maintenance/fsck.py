@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit.signing import HOSTS_DIR, KEY_STORE_FILE
+from ..audit.spool import REJECTED_DIR, SPOOL_DIR
 from ..errors import UsageError
 from ..store import CONFIG_FILE, FUSE_HIDDEN_PREFIX, META_DIR, ORPHANS_DIR, Volume
 from . import codec
@@ -39,10 +40,6 @@ from .importer import STAGING_DIR
 from .locking import LOCK_FILE, maintenance_lock
 from .progress import NoProgress, Progress
 from .tree import describe, open_source, walk
-
-# The audit trail's key stores and writer locks (audit/signing.py, audit/writer.py): the
-# volume-wide one, and one folder per --audit-host on shared storage.
-_AUDIT_NAMES = (KEY_STORE_FILE, "audit-key.lock", HOSTS_DIR)
 
 
 @dataclass
@@ -90,6 +87,14 @@ _META_EXPLAINED = {
 }
 
 
+AUDIT_LOCK_FILE = "audit-key.lock"  # held by a mount writing the audit trail (audit/writer.py)
+_SPOOL_EXPLAINED = {
+    SPOOL_DIR: "an audit event of a maintenance command, waiting for the next mount to record it",
+    REJECTED_DIR: "a file the mount refused from the audit spool (recorded as a security alert); "
+                  "keep it as evidence, then delete it",
+}
+
+
 class Checker:
     def __init__(self, volume: Volume, progress: Progress | None = None) -> None:
         self.volume = volume
@@ -131,7 +136,8 @@ class Checker:
         meta = self.volume.backing / META_DIR
         for entry in sorted(os.listdir(meta)):
             rel = f"{META_DIR}/{entry}"
-            if entry in (CONFIG_FILE, LOCK_FILE, *_AUDIT_NAMES):
+            # HOSTS_DIR: the key stores of the servers sharing the volume (--audit-host)
+            if entry in (CONFIG_FILE, LOCK_FILE, KEY_STORE_FILE, AUDIT_LOCK_FILE, HOSTS_DIR):
                 continue
             if entry in _META_EXPLAINED:
                 self._leftover(rel, _META_EXPLAINED[entry])
@@ -139,6 +145,9 @@ class Checker:
                 for name in sorted(os.listdir(meta / entry)):
                     self._leftover(f"{rel}/{name}", "a deleted file that was still open when a mount "
                                                     "ended; the next mount deletes it")
+            elif entry in _SPOOL_EXPLAINED and (meta / entry).is_dir():
+                for name in sorted(os.listdir(meta / entry)):
+                    self._leftover(f"{rel}/{name}", _SPOOL_EXPLAINED[entry])
             elif entry == STAGING_DIR and (meta / entry).is_dir():
                 for name in sorted(os.listdir(meta / entry)):
                     self._leftover(f"{rel}/{name}", "a half-written copy from an interrupted import; "

@@ -2,7 +2,7 @@
 
 Neither touches an image: the master key stays, only its wrapping changes (passwd) or a
 copy of it is printed for the safe (recovery key). Each returns an audit event (a dict)
-for :func:`encfs_pacs.maintenance.events.audit_event`.
+for :func:`encfs_pacs.maintenance.events.audit_event`, authenticated with the master key.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .. import store
 from ..crypto import keys, recovery_key
 from ..crypto.volume_config import VolumeConfig
 from ..errors import KeySourceError, UsageError
-from .events import make_event
+from .events import Event, authenticate, make_event
 from .locking import maintenance_lock
 
 RECOVERY = "recovery-key"
@@ -79,7 +78,7 @@ def open_volume(backing: Path, old: OldSecret) -> store.Volume:
 
 
 def change_secret(backing: Path, old: OldSecret, new: store.Secret,
-                  scrypt_log_n: int = keys.DEFAULT_SCRYPT_LOG_N) -> dict[str, Any]:
+                  scrypt_log_n: int = keys.DEFAULT_SCRYPT_LOG_N) -> Event:
     """passwd: unwrap with ``old`` and rewrap under ``new`` (fresh salt), atomically.
 
     Under the maintenance lock, so two passwd runs cannot interleave their read and write.
@@ -87,14 +86,14 @@ def change_secret(backing: Path, old: OldSecret, new: store.Secret,
     with maintenance_lock(backing, exclusive=True, what="passwd"):
         before, master = unlock_master(backing, old)
         after = store.rewrap_master_key(backing, master, new, scrypt_log_n)
-    return make_event(
+    return authenticate(make_event(
         "volume-key-changed", outcome="success", backing=str(backing.resolve()),
         key_id=after.key_id.hex(), unlocked_with=old.kind, old_kdf=before.kdf, new_kdf=after.kdf,
-        data_reencrypted=False)
+        data_reencrypted=False), master)
 
 
 def create_recovery_key(backing: Path, old: OldSecret, shares: int, threshold: int
-                        ) -> tuple[VolumeConfig, list[recovery_key.Share], dict[str, Any]]:
+                        ) -> tuple[VolumeConfig, list[recovery_key.Share], Event]:
     """Shares of the master key, any ``threshold`` of ``shares`` recover it; and the event."""
     if not 1 <= threshold <= shares <= 255:
         raise UsageError("need 1 <= --threshold <= --shares <= 255")
@@ -106,4 +105,4 @@ def create_recovery_key(backing: Path, old: OldSecret, shares: int, threshold: i
     event = make_event("recovery-key-created", outcome="success", backing=str(backing.resolve()),
                        key_id=config.key_id.hex(), unlocked_with=old.kind, shares=shares,
                        threshold=threshold)
-    return config, made, event
+    return config, made, authenticate(event, master)

@@ -173,7 +173,9 @@ def test_import_failures_exit_25_and_name_the_file(volume: Path, passphrase_file
     result = run_cli("import", plain, volume, "--passphrase-file", passphrase_file, check=False)
     assert result.returncode == 25, result.stderr
     assert ".encfs-pacs: the name .encfs-pacs is reserved" in result.stdout
-    assert result.stderr.startswith("encfs-pacs: error: 1 item(s) could not be imported")
+    # stderr: where the import's audit event went, then the error as the last line.
+    assert result.stderr.startswith("audit: queued for the audit trail")
+    assert result.stderr.splitlines()[-1].startswith("encfs-pacs: error: 1 item(s) could not be imported")
     assert visible_plaintext(volume) == {"ok.dcm": b"fine"}
 
 

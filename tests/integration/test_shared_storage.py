@@ -172,6 +172,16 @@ def test_passwd_while_both_are_mounted(mount_volume: Callable[..., Mounted], tmp
     assert (a.mountpoint / "after").read_bytes() == b"written on B after passwd"
     assert (b.mountpoint / "before").read_bytes() == b"before passwd"
     run_cli("fsck", a.backing, "--passphrase-file", new)  # and the new passphrase opens it
+    # The passwd event is recorded once, in one server's trail (only the mount that holds the
+    # audit spool's lock ingests it).
+    spool = a.backing / ".encfs-pacs" / "audit-spool"
+    deadline = time.monotonic() + 30
+    while any(spool.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    a.unmount()
+    b.unmount()
+    recorded = [r for m in (a, b) for r in m.audit_records() if r.get("event") == "volume-key-changed"]
+    assert len(recorded) == 1, recorded
 
 
 def test_status_shows_the_shared_storage_mode(mount_volume: Callable[..., Mounted]) -> None:

@@ -83,6 +83,12 @@ def violations(module: str, imported: set[str]) -> list[str]:
         upper = _within(name, "encfs_pacs.fs") or _within(name, "encfs_pacs.cli")
         if module == "encfs_pacs.store" and upper:
             bad.append(f"{module} imports {name}: the store knows nothing of FUSE or the CLI")
+        # Network clients for key services stay out of the store (it sees only the KeyService
+        # protocol) and never reach up into the CLI or the mount.
+        if module == "encfs_pacs.store" and _within(name, "encfs_pacs.keyservice"):
+            bad.append(f"{module} imports {name}: the store talks to key services through KeyService only")
+        if _within(module, "encfs_pacs.keyservice") and upper:
+            bad.append(f"{module} imports {name}: keyservice never imports fs or cli")
         if any(_within(module, f"encfs_pacs.{p}") for p in ("policy", "audit")) and upper:
             bad.append(f"{module} imports {name}: policy and audit never import fs or cli")
         # The audit trail is read by auditors' tools on other machines: it stands on crypto and
@@ -137,6 +143,9 @@ def test_import_direction(module: str) -> None:
         ("encfs_pacs.audit.writer", "from .. import access", "only audit, crypto and errors"),
         ("encfs_pacs.audit.verify", "from ..store import META_DIR", "only audit, crypto and errors"),
         ("encfs_pacs.audit", "import encfs_pacs.policy", "only audit, crypto and errors"),
+        ("encfs_pacs.store", "from .keyservice.kmip import KmipService", "KeyService only"),
+        ("encfs_pacs.keyservice.pkcs11", "from ..cli.keysource import credential_path", "never imports"),
+        ("encfs_pacs.crypto.volume_config", "from ..keyservice import parse_uri", "only crypto and errors"),
     ],
 )
 def test_the_rules_catch_violations(module: str, source: str, rule: str) -> None:

@@ -89,3 +89,28 @@ def test_fail_open_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
     sink.check()  # no exception: the admin chose --audit-fail-open
     assert "NOT written" in caplog.text and "/lost-record" in caplog.text
     sink.close()
+
+
+def test_a_buffering_writer_outage_refuses_access_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The mount opens the writer in its buffering (fail-open) mode and refuses access itself:
+    the refusal must not read "serving continues", and the daemon log says it once per outage."""
+    from encfs_pacs.errors import AuditUnavailable
+
+    writer = FakeWriter()
+    sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
+    writer.failed = AuditUnavailable(  # type: ignore[attr-defined]
+        "the audit log /l cannot be written (the disk holding it is full: free space); "
+        "records are kept in memory until it can be")
+    for _ in range(3):
+        with pytest.raises(AuditUnavailable) as refused:
+            sink.check()
+        assert "access refused because the audit log /l cannot be written" in str(refused.value)
+        assert "kept in memory" not in str(refused.value)
+    assert caplog.text.count("file access is refused until the audit log") == 1
+    writer.failed = None  # type: ignore[attr-defined]
+    sink.check()
+    writer.failed = AuditUnavailable("the audit log /l cannot be written (EIO)")  # type: ignore[attr-defined]
+    with pytest.raises(AuditUnavailable):
+        sink.check()
+    assert caplog.text.count("file access is refused until the audit log") == 2  # a new outage
+    sink.close()

@@ -346,8 +346,11 @@ def test_atna_messages(sample_log: Path) -> None:
     objects = opened.findall("ParticipantObjectIdentification")
     assert [(o.get("ParticipantObjectID"), o.get("ParticipantObjectTypeCode"),
              o.get("ParticipantObjectTypeCodeRole")) for o in objects] == [
-        ("PAT-0001", "1", "1"), ("1.2.840.113619.2.1", "2", "3")]
-    instance = objects[1].find("ParticipantObjectDescription/Instance")
+        ("PAT-0001", "1", "1"), ("1.2.840.113619.2.1", "2", "3"),
+        ("file:///studies/1.2.840.113619/ct1.dcm", "2", None)]
+    assert [o.findtext("ParticipantObjectName") for o in objects] == [
+        "PAT-0001", "1.2.840.113619.2.1", "/studies/1.2.840.113619/ct1.dcm"]
+    instance = objects[1].find("ParticipantObjectDescription/SOPClass/Instance")
     assert instance is not None and instance.get("UID") == "1.2.840.113619.2.1.1"
     mount = messages[0].find("EventIdentification/EventTypeCode")
     assert mount is not None and mount.get("csd-code") == "110120"

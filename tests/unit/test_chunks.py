@@ -337,7 +337,7 @@ def test_docs_state_the_labels_and_vectors() -> None:
               if isinstance(node, ast.Constant) and isinstance(node.value, bytes)
               and node.value.startswith(b"encfs-pacs")}
     assert labels == {"encfs-pacs v1 key id", "encfs-pacs v1 file content", "encfs-pacs v1 file key ",
-                      "encfs-pacs v1 audit key store"}
+                      "encfs-pacs v1 audit key store", "encfs-pacs v1 audit spool mac"}
     for label in labels:
         assert f'"{label.strip()}"' in doc
     small = KAT_SMALL_FILE[48 + 24:]  # the worked example: ciphertext, then tag

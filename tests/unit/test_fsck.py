@@ -149,6 +149,23 @@ def test_leftovers_are_reported_not_damage(volume: store.Volume) -> None:
         ".encfs-pacs/import-staging/1-2.part", ".encfs-pacs/stray", ".fuse_hidden0001"])
 
 
+def test_audit_files_are_known_and_waiting_events_listed(volume: store.Volume) -> None:
+    from encfs_pacs.audit import create_anchor
+    from encfs_pacs.audit.spool import queue_event, rejected_path
+
+    create_anchor(volume.backing, volume.master_key)  # audit-key.json: part of every volume
+    queued = queue_event(volume.backing, {"event": "volume-checked", "outcome": "clean"}, volume.master_key)
+    rejected_path(volume.backing).mkdir(mode=0o700)
+    (rejected_path(volume.backing) / "forged.json").write_bytes(b"{}")
+    result = fsck.fsck(volume)
+    assert result.clean
+    found = {f.path: f.detail for f in result.leftovers}
+    assert set(found) == {f".encfs-pacs/audit-spool/{queued.path.name}",
+                          ".encfs-pacs/audit-spool-rejected/forged.json"}
+    assert "waiting for the next mount" in found[f".encfs-pacs/audit-spool/{queued.path.name}"]
+    assert "security alert" in found[".encfs-pacs/audit-spool-rejected/forged.json"]
+
+
 def tree_state(root: Path) -> dict[str, tuple]:
     """Every inode's mode, size and times, and file contents read with O_NOATIME (so taking
     the state does not itself change the access times it records)."""

@@ -54,3 +54,15 @@ def test_policy_summary(tmp_path: Path) -> None:
     assert policy_state(None) is None
     policy.write_text("version = 1\n[[rule]]\nid = 3\n")
     assert "error" in (policy_state(str(policy)) or {})
+
+
+def test_syslog_drops_recorded_in_the_trail_are_summed(tmp_path: Path) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    hooks, _ = fixed_hooks()
+    writer = open_fixed(log_path, make_backing(tmp_path), hooks)
+    writer.append(_payload("allowed"))
+    for dropped in (5, 7):  # what SyslogForwarder.report_drops writes
+        writer.append({"event": "syslog-dropped", "outcome": "error", "dropped": dropped, "truncated": 0})
+    writer.close()
+    state = audit_state(str(log_path), now=FIXTURE_START + timedelta(hours=5))
+    assert state is not None and state["syslog_dropped"] == 12
