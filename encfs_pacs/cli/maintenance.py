@@ -23,6 +23,8 @@ from ..crypto import keys
 from ..crypto.recovery_key import Share
 from ..crypto.volume_config import KDF_KEYFILE
 from ..errors import (
+    KeyServiceError,
+    KeyServiceUnreachable,
     KeySourceError,
     RecoveryKeyError,
     TransferIncomplete,
@@ -207,11 +209,13 @@ def passwd(backing: Path, passphrase_file: Path | None, keyfile: Path | None, km
         new = store.Secret("passphrase", _prompt("New passphrase: ", "Repeat new passphrase: "))
     try:
         event = rekey.change_secret(backing, old, new, scrypt_log_n)
-    except (WrongPassphrase, RecoveryKeyError) as exc:
-        # A failed unlock attempt (not a typo in the options). Unauthenticated, as no key was
-        # unlocked: the trail records it as an unverified claim.
-        record(make_event("volume-key-changed", outcome="error", backing=str(backing.absolute()),
-                          unlocked_with=old.kind, reason=str(exc)))
+    except (WrongPassphrase, RecoveryKeyError, KeyServiceError) as exc:
+        # A failed unlock attempt (not a typo in the options; an HSM refusing the PIN counts, an
+        # unreachable one does not). Unauthenticated, as no key was unlocked: the trail records
+        # it as an unverified claim.
+        if not isinstance(exc, KeyServiceUnreachable):
+            record(make_event("volume-key-changed", outcome="error", backing=str(backing.absolute()),
+                              unlocked_with=old.kind, reason=str(exc)))
         raise
     record(event)
     what = f"key service ({new.service})" if new.service is not None else (
