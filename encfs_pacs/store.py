@@ -327,6 +327,7 @@ class FileState:
         # requests of that owner in progress] (OpenFile.set_lock)
         self.owners: dict[int, list[int]] = {}
         self._cipher: FileCipher | None = None
+        self.header = b""  # the per-file header self._cipher was made from
         self.damage: IntegrityError | None = None
         self.size = 0
         self.seen: Signature = (0, 0, 0)  # the backing file as it was when size was derived
@@ -379,10 +380,19 @@ class FileState:
         if self._cipher is None:
             header = os.pread(fd, HEADER_BYTES, 0)
             self._cipher = self.volume.cipher_for(decode_header(header))
+            self.header = header
         return self._cipher
 
-    def reset_cipher(self, cipher: FileCipher) -> None:
+    def reset_cipher(self, cipher: FileCipher | None, header: bytes) -> None:
         self._cipher = cipher
+        self.header = header
+
+    def recheck_header(self, fd: int) -> None:
+        """Shared storage, before a write: a truncation and rewrite by another mount to the
+        same stored size within one timestamp tick leaves the signature unchanged but gives
+        the file a new ID; chunks sealed under the old one would be unreadable."""
+        if self._cipher is not None and os.pread(fd, HEADER_BYTES, 0) != self.header:
+            self._cipher = None
 
 
 class OpenFile:
@@ -411,6 +421,8 @@ class OpenFile:
             try:
                 if outer:
                     state.refresh(os.fstat(self.fd))
+                    if write:
+                        state.recheck_header(self.fd)
                 yield
                 if write and outer:
                     state.seen = signature(os.fstat(self.fd))  # our own change is not news
@@ -423,12 +435,24 @@ class OpenFile:
 
     def read(self, size: int, offset: int) -> bytes:
         with self._locked(write=False):
-            self.state.check()
-            file_size = self.state.size
-            end = min(offset + size, file_size)
-            if offset >= end:
-                return b""
-            return self._read_plain(offset, end, file_size)
+            try:
+                return self._read_locked(size, offset)
+            except IntegrityError:
+                if not self.volume.shared:
+                    raise
+                # Maybe a same-tick rewrite elsewhere (see FileState.recheck_header) left us a
+                # stale size or file ID: read everything again once; real damage fails again.
+                self.state.load(os.fstat(self.fd))
+                self.state.reset_cipher(None, b"")
+                return self._read_locked(size, offset)
+
+    def _read_locked(self, size: int, offset: int) -> bytes:
+        self.state.check()
+        file_size = self.state.size
+        end = min(offset + size, file_size)
+        if offset >= end:
+            return b""
+        return self._read_plain(offset, end, file_size)
 
     def _read_chunks(self, first: int, last: int, file_size: int) -> list[bytes]:
         """Decrypt chunks first..last (inclusive) of a file of ``file_size`` plaintext bytes."""
@@ -906,9 +930,10 @@ class Volume:
                 return
             file_id = new_file_id()
             cipher = self.cipher_for(file_id)
+            header = encode_header(file_id)
             os.ftruncate(handle.fd, 0)
-            handle._pwrite_all(encode_header(file_id) + cipher.encrypt_chunk(0, b"", final=True), 0)
-            state.reset_cipher(cipher)
+            handle._pwrite_all(header + cipher.encrypt_chunk(0, b"", final=True), 0)
+            state.reset_cipher(cipher, header)
             state.size = 0
             state.damage = None
 

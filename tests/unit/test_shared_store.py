@@ -167,3 +167,25 @@ def test_application_locks_of_one_mount_conflict_with_the_other(backing: Path) -
         mine.close()
         theirs.close()
     assert read_all(a, "/db") == b"still writable"
+
+
+def test_a_same_tick_rewrite_elsewhere_is_caught_by_the_header(backing: Path) -> None:
+    """O_TRUNC and a rewrite to the same size within one timestamp tick leave size, mtime and
+    ctime as they were; the new file ID in the header still shows the change."""
+    a, b = mount(backing), mount(backing)
+    a.create("/f", 0o600, os.O_RDWR).close()
+    write(a, "/f", b"1" * (CHUNK + 100))
+    held = b.open("/f", os.O_RDWR)
+    try:
+        assert held.read(10, 0) == b"1" * 10  # B caches size and cipher (file ID)
+        write(a, "/f", b"2" * (CHUNK + 100), flags=os.O_RDWR | os.O_TRUNC)
+        # what a coarse clock can do: B's remembered signature equals the rewritten file's
+        held.state.seen = store.signature(os.fstat(held.fd))
+        assert held.read(10, CHUNK) == b"2" * 10  # authentication failed once, re-read
+        held.state.seen = store.signature(os.fstat(held.fd))
+        write(a, "/f", b"3" * (CHUNK + 100), flags=os.O_RDWR | os.O_TRUNC)
+        held.state.seen = store.signature(os.fstat(held.fd))
+        held.write(b"B" * 10, 5)  # must be sealed under the newest file ID
+    finally:
+        held.close()
+    assert read_all(a, "/f") == b"3" * 5 + b"B" * 10 + b"3" * (CHUNK + 85)
