@@ -107,8 +107,8 @@ class EncryptedOperations(Operations):
             # hard_remove stays off: with it, libfuse's high-level API answers fstat() on an
             # unlinked open file with ESTALE. Instead libfuse renames such a file to
             # .fuse_hidden*, which the volume hides from listings (see Volume.list_dir/rmdir).
-        log.info("mounted volume %s%s", self.volume.describe(),
-                 " (shared storage: no kernel caching across opens)" if self.volume.shared else "")
+        mode = " (shared storage: close-to-open, 0 s timeouts, file locks)" if self.volume.shared else ""
+        log.info("mounted volume %s%s", self.volume.describe(), mode)
         if self._on_ready is not None:
             self._on_ready()
 
