@@ -24,9 +24,12 @@ from .policy.loader import DEFAULT_POLICY_PATH
 DEFAULT_CONFIG_DIR = Path("/etc/encfs-pacs")
 # systemd credential names: no slashes, not "." or ".." (they name a file in $CREDENTIALS_DIRECTORY).
 CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,254}$")
+# --audit-host: a file name in the volume's metadata folder, so no slash, not "." or "..".
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # The kinds a key can have: what the TOML value must be and how the message names it.
 PATH, BOOL, NAME, SYSLOG, HOSTNAME = "path", "bool", "credential name", "syslog target", "host name"
+AUDIT_HOST = "audit host name"
 KMS = "key service URI"
 KEY_SOURCES = ("passphrase_file", "keyfile", "credential", "kms", "recovery_key_file")
 
@@ -67,6 +70,12 @@ SCHEMA: dict[str, Key] = {
     "no_audit": Key(BOOL, False, "keep no audit trail (testing only)", example="false"),
     "audit_fail_open": Key(BOOL, False, "keep serving when the audit log cannot be written "
                            "(default: refuse access)", example="false"),
+    "audit_host": Key(AUDIT_HOST, None, "with shared storage: this server's name for its own audit key "
+                      "store and anchor in the volume (each mount of one volume needs its own; "
+                      "not set: the volume-wide store, for a single mount)", example='"acq-server"'),
+    "shared_storage": Key(BOOL, False, "other mounts (other servers) use the same backing folder: "
+                          "close-to-open consistency and file locks instead of kernel caching "
+                          "(docs/shared-storage.md)", example="false"),
     "learn": Key(BOOL, False, "deny nothing; record what the policy would deny", example="false"),
     "log_file": Key(PATH, None, "daemon log (default: stderr in the foreground, i.e. the journal "
                     "under systemd; syslog in the background)",
@@ -107,6 +116,7 @@ def _expected(spec: Key) -> str:
             SYSLOG: forward.TARGET_EXPECTED,
             HOSTNAME: "1-255 printable ASCII characters without spaces",
             KMS: 'a "pkcs11:..." or "kmip://..." URI with absolute file paths (docs/key-services.md)',
+            AUDIT_HOST: "a host name (letters, digits, _ . -; at most 64, no slash)",
             }[spec.kind]
 
 
@@ -123,6 +133,10 @@ def _check_value(key: str, value: Any, base: Path, fail: Any) -> Any:
         return path if path.is_absolute() else base / path
     if spec.kind == NAME:
         if not CREDENTIAL_NAME.match(value) or value in (".", ".."):
+            fail(key, value, _expected(spec))
+        return value
+    if spec.kind == AUDIT_HOST:
+        if not HOST_NAME.match(value):
             fail(key, value, _expected(spec))
         return value
     if spec.kind == KMS:
@@ -178,9 +192,10 @@ def check_consistency(config: MountConfig, error: type[EncfsPacsError] = ConfigI
     if values["no_policy"] and values["learn"]:
         raise error(f"{source}: 'learn' needs a policy to compare against; "
                             "expected no_policy = false")
-    if values["no_audit"] and (values["audit_log"] or values["audit_fail_open"] or values["learn"]):
+    if values["no_audit"] and (values["audit_log"] or values["audit_fail_open"] or values["learn"]
+                               or values["audit_host"]):
         raise error(f"{source}: 'no_audit' cannot be combined with audit_log, "
-                            "audit_fail_open or learn; expected no_audit = false")
+                            "audit_fail_open, audit_host or learn; expected no_audit = false")
     return config
 
 
@@ -208,7 +223,7 @@ def merge(config: MountConfig, overrides: dict[str, Any],
 
     values = dict(config.values)
     for key, value in overrides.items():
-        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, HOSTNAME, KMS):
+        if value is not None and SCHEMA[key].kind in (NAME, SYSLOG, HOSTNAME, KMS, AUDIT_HOST):
             _check_value(key, value, Path.cwd(), fail)
     if any(overrides.get(key) is not None for key in KEY_SOURCES):
         for key in KEY_SOURCES:

@@ -8,6 +8,14 @@ Concurrency: every open backing inode has one ``FileState`` shared by all handle
 links to it. Its lock serialises read-modify-write of chunks *and* reads, so a reader never
 sees half of a rewritten chunk, and its cached plaintext size stays exact while the file is
 open. Different files never contend.
+
+Shared storage (``Volume.enable_shared_storage``, docs/shared-storage.md): when other mounts,
+possibly on other hosts, use the same backing folder, every read and write also takes an
+advisory OFD lock on the backing file (read lock / write lock) and re-checks the backing file's
+size, mtime and ctime under it: if another mount changed the file, the cached size and per-file
+header are dropped and read again. A 0-byte backing file is then an empty file whose creator
+has not written its header yet (whoever takes the write lock first writes it). Applications'
+fcntl locks are forwarded to the backing file too (OpenFile.set_lock).
 """
 
 from __future__ import annotations
@@ -15,11 +23,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hmac
 import json
 import os
 import stat
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,6 +67,19 @@ ORPHANS_DIR = "orphans"  # in META_DIR: unlinked-but-open files whose directory 
 # last close; such names are internal and never listed.
 FUSE_HIDDEN_PREFIX = ".fuse_hidden"
 GROW_BATCH = 64  # chunks encrypted per write when a file grows by truncate/sparse write (4 MiB at 64K)
+# Shared storage: the byte range of the backing file our advisory locks cover. Not "to the end
+# of the file" (l_len 0): applications' own fcntl locks are forwarded above it (plaintext
+# offset + LOCK_SPAN, OpenFile.set_lock), where they never conflict with ours.
+LOCK_SPAN = 1 << 62
+# Shared storage, page cache kept across opens (Volume.cache_still_valid): a file is trusted
+# unchanged by its size, mtime and ctime only once it had been quiet this long when they were
+# taken, because a second change within one timestamp tick (coarse file system clocks) or
+# within the clock skew between hosts would leave all three the same (git's "racy clean" rule).
+CACHE_QUIET_NS = 3 * 10**9
+CACHE_MARKS_MAX = 100_000  # remembered (file, name) signatures; forgetting one only costs a re-read
+# Shared storage: applications' fcntl locks waiting at once (each blocks a daemon thread; the
+# mount has 16). More waiters get ENOLCK instead of stalling every other request.
+MAX_LOCK_WAITERS = 8
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -269,6 +293,27 @@ def _check_unlocks(config: VolumeConfig, secret: Secret) -> None:
 # ---------------------------------------------------------------------------- open files
 
 
+Signature = tuple[int, int, int]
+
+
+def signature(st: os.stat_result) -> Signature:
+    """What changes whenever a backing file's bytes change (the NFS client's revalidation key)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _flock(kind: int, start: int, length: int) -> bytes:
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, start, length, 0)  # struct flock, l_pid 0
+
+
+def _range_lock(fd: int, kind: int) -> None:
+    """Take (F_RDLCK/F_WRLCK, waiting) or drop (F_UNLCK) our OFD lock on a backing file.
+
+    OFD locks belong to the open file description, not the process: closing another
+    descriptor of the same file does not drop them (as it would a classic POSIX lock), and
+    NFSv4 forwards them to the server, so mounts on other hosts see them."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(kind, 0, LOCK_SPAN))
+
+
 class FileState:
     """Shared by every handle on one backing inode: lock, cipher and exact plaintext size."""
 
@@ -277,16 +322,55 @@ class FileState:
         self.key = key
         self.lock = threading.RLock()
         self.refs = 0
+        self.lock_depth = 0  # nesting of OpenFile._locked (changed only with self.lock held)
+        # Shared storage: applications' lock owner -> [backing descriptor holding its locks,
+        # requests of that owner in progress] (OpenFile.set_lock)
+        self.owners: dict[int, list[int]] = {}
         self._cipher: FileCipher | None = None
-        stored_size = os.fstat(fd).st_size
+        self.header = b""  # the per-file header self._cipher was made from
+        self.damage: IntegrityError | None = None
+        self.size = 0
+        self.seen: Signature = (0, 0, 0)  # the backing file as it was when size was derived
+        self.load(os.fstat(fd))
+
+    def load(self, st: os.stat_result) -> None:
+        """Derive the plaintext size from the backing file's stored size."""
+        self.seen = signature(st)
+        self.damage = None
+        if st.st_size == 0 and self.volume.shared:
+            self.size = 0  # just created by another mount, which has not written the header yet
+            return
         # A length no valid file can have (cut inside the first chunk, say) would otherwise
         # read as a short or empty file: remember it and refuse every access until rewritten.
-        self.damage: IntegrityError | None = None
         try:
-            self.size = volume.layout.plaintext_size(stored_size)
+            self.size = self.volume.layout.plaintext_size(st.st_size)
         except IntegrityError as exc:
             self.damage = exc
-            self.size = volume.layout.plaintext_size_lenient(stored_size)
+            self.size = self.volume.layout.plaintext_size_lenient(st.st_size)
+
+    def refresh(self, st: os.stat_result) -> None:
+        """Shared storage, under the file lock: forget what another mount has changed since."""
+        if signature(st) != self.seen:
+            self.load(st)
+            self._cipher = None  # an O_TRUNC elsewhere gave the file a new file ID and header
+
+    def size_for(self, st: os.stat_result) -> int | None:
+        """The cached size if it still describes ``st`` (always so on a single-host mount)."""
+        if not self.volume.shared or signature(st) == self.seen:
+            return self.size
+        return None
+
+    @property
+    def blank(self) -> bool:
+        """Shared storage: a 0-byte backing file (created elsewhere, header not yet written)."""
+        return self.volume.shared and self.seen[0] == 0
+
+    def close_owners(self) -> None:
+        """The last handle closed: every lock of every owner goes with its descriptor."""
+        with self.lock:
+            owners, self.owners = self.owners, {}
+        for fd, _busy in owners.values():
+            os.close(fd)
 
     def check(self) -> None:
         if self.damage is not None:
@@ -296,10 +380,19 @@ class FileState:
         if self._cipher is None:
             header = os.pread(fd, HEADER_BYTES, 0)
             self._cipher = self.volume.cipher_for(decode_header(header))
+            self.header = header
         return self._cipher
 
-    def reset_cipher(self, cipher: FileCipher) -> None:
+    def reset_cipher(self, cipher: FileCipher | None, header: bytes) -> None:
         self._cipher = cipher
+        self.header = header
+
+    def recheck_header(self, fd: int) -> None:
+        """Shared storage, before a write: a truncation and rewrite by another mount to the
+        same stored size within one timestamp tick leaves the signature unchanged but gives
+        the file a new ID; chunks sealed under the old one would be unreadable."""
+        if self._cipher is not None and os.pread(fd, HEADER_BYTES, 0) != self.header:
+            self._cipher = None
 
 
 class OpenFile:
@@ -312,16 +405,54 @@ class OpenFile:
         self.append = bool(flags & os.O_APPEND)
         self.layout = volume.layout
 
+    @contextlib.contextmanager
+    def _locked(self, write: bool) -> Iterator[None]:
+        """The inode's thread lock; on shared storage also the backing file's advisory lock,
+        under which the cached size and header are re-checked against the backing file."""
+        state = self.state
+        with state.lock:
+            if not self.volume.shared:
+                yield
+                return
+            outer = state.lock_depth == 0
+            if outer:
+                _range_lock(self.fd, fcntl.F_WRLCK if write else fcntl.F_RDLCK)
+            state.lock_depth += 1
+            try:
+                if outer:
+                    state.refresh(os.fstat(self.fd))
+                    if write:
+                        state.recheck_header(self.fd)
+                yield
+                if write and outer:
+                    state.seen = signature(os.fstat(self.fd))  # our own change is not news
+            finally:
+                state.lock_depth -= 1
+                if outer:
+                    _range_lock(self.fd, fcntl.F_UNLCK)
+
     # -- reading -----------------------------------------------------------------------------
 
     def read(self, size: int, offset: int) -> bytes:
-        with self.state.lock:
-            self.state.check()
-            file_size = self.state.size
-            end = min(offset + size, file_size)
-            if offset >= end:
-                return b""
-            return self._read_plain(offset, end, file_size)
+        with self._locked(write=False):
+            try:
+                return self._read_locked(size, offset)
+            except IntegrityError:
+                if not self.volume.shared:
+                    raise
+                # Maybe a same-tick rewrite elsewhere (see FileState.recheck_header) left us a
+                # stale size or file ID: read everything again once; real damage fails again.
+                self.state.load(os.fstat(self.fd))
+                self.state.reset_cipher(None, b"")
+                return self._read_locked(size, offset)
+
+    def _read_locked(self, size: int, offset: int) -> bytes:
+        self.state.check()
+        file_size = self.state.size
+        end = min(offset + size, file_size)
+        if offset >= end:
+            return b""
+        return self._read_plain(offset, end, file_size)
 
     def _read_chunks(self, first: int, last: int, file_size: int) -> list[bytes]:
         """Decrypt chunks first..last (inclusive) of a file of ``file_size`` plaintext bytes."""
@@ -352,7 +483,9 @@ class OpenFile:
     def write(self, data: bytes, offset: int) -> int:
         if not data:  # a zero-length write past the end must not grow the file
             return 0
-        with self.state.lock:
+        with self._locked(write=True):
+            if self.state.blank:
+                self.volume._reset_to_empty(self)
             self.state.check()
             if self.append:
                 offset = self.state.size
@@ -362,10 +495,12 @@ class OpenFile:
         return len(data)
 
     def truncate(self, length: int) -> None:
-        with self.state.lock:
-            if length == 0:  # a damaged file can always be emptied and reused, as with O_TRUNC
+        with self._locked(write=True):
+            # A damaged file can always be emptied and reused, as with O_TRUNC.
+            if length == 0 or self.state.blank:
                 self.volume._reset_to_empty(self)
-                return
+                if length == 0:
+                    return
             self.state.check()
             if length > self.state.size:
                 self._grow(length)
@@ -438,20 +573,82 @@ class OpenFile:
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
 
+    # -- applications' locks (shared storage) ------------------------------------------------
+
+    @contextlib.contextmanager
+    def _owner_fd(self, owner: int) -> Iterator[int]:
+        """The backing descriptor that holds ``owner``'s locks on this file (one open file
+        description per owner, so owners conflict with each other as processes do)."""
+        state = self.state
+        with state.lock:
+            entry = state.owners.get(owner)
+            if entry is None:
+                entry = state.owners[owner] = [_reopen(self.fd), 0]
+            entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            with state.lock:
+                entry[1] -= 1
+
+    def test_lock(self, owner: int, kind: int, start: int, length: int) -> tuple[int, int, int] | None:
+        """F_GETLK: the (kind, start, length) of a lock that would conflict, or None."""
+        with self._owner_fd(owner) as fd:
+            answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(kind, LOCK_SPAN + start, length))
+        found, _whence, found_start, found_length, _pid = struct.unpack("hhqqi4x", answer)
+        if found == fcntl.F_UNLCK:
+            return None
+        return found, max(0, found_start - LOCK_SPAN), found_length
+
+    def set_lock(self, owner: int, kind: int, start: int, length: int, wait: bool) -> None:
+        """F_SETLK / F_SETLKW for an application's lock owner, on the backing file: the other
+        mounts (and, through NFS, the other hosts) see it. Plaintext offsets are mapped above
+        LOCK_SPAN, clear of the daemon's own locks."""
+        request = _flock(kind, LOCK_SPAN + start, length)
+        with self._owner_fd(owner) as fd:
+            if not wait or kind == fcntl.F_UNLCK:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+                except PermissionError:  # POSIX allows either; callers test for EAGAIN
+                    raise BlockingIOError(errno.EAGAIN, "locked by another process") from None
+            else:
+                with self.volume.lock_waiter():
+                    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, request)
+        if kind == fcntl.F_UNLCK and start == 0 and length == 0:
+            self._forget_owner(owner)  # everything released (libfuse does this at each close)
+
+    def _forget_owner(self, owner: int) -> None:
+        with self.state.lock:
+            entry = self.state.owners.get(owner)
+            if entry is None or entry[1] > 0:  # another request of this owner is in progress
+                return
+            del self.state.owners[owner]
+        os.close(entry[0])
+
     # -- the rest ----------------------------------------------------------------------------
 
     def fsync(self, datasync: bool) -> None:
         (os.fdatasync if datasync else os.fsync)(self.fd)
 
     def stat(self) -> dict[str, float]:
-        return self.volume.stat_dict(os.fstat(self.fd), self.state.size)
+        st = os.fstat(self.fd)
+        return self.volume.stat_dict(st, self.state.size_for(st))
 
     def close(self) -> None:
         try:
             if self.volume.release_state(self.state):
+                self.state.close_owners()
                 self.volume.remove_closed_orphan(self.state.key)
         finally:
             os.close(self.fd)  # whatever the cleanup did, the descriptor must not leak
+
+
+def _reopen(fd: int) -> int:
+    """A new open file description of the file behind ``fd`` (read-write if we may)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except PermissionError:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
 
 
 # ---------------------------------------------------------------------------- the volume
@@ -500,6 +697,78 @@ class Volume:
         # (dev, ino) -> path of files moved to the orphans folder by this mount (see rmdir)
         self._orphaned: dict[tuple[int, int], str] = {}
         self._root = str(self.backing)
+        self.shared = False  # other mounts use the same backing folder (enable_shared_storage)
+        self._config_seen: Signature | None = None
+        self._lock_waiters = threading.BoundedSemaphore(MAX_LOCK_WAITERS)
+        # (dev, ino, mount path) -> (signature, when it was taken in ns): see cache_still_valid
+        self._cache_marks: dict[tuple[int, int, str], tuple[Signature, int]] = {}
+
+    # -- shared storage ----------------------------------------------------------------------
+
+    def enable_shared_storage(self) -> None:
+        """Behave like one NFS client of several: lock and re-check files, watch the config.
+
+        Call before serving any request. Fails (OSError) if the backing file system refuses
+        advisory locks (an NFS mount without lockd / with ``nolock``): serving without them
+        could interleave two mounts' chunk rewrites into a corrupt file."""
+        fd = os.open(config_path(self.backing), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            _range_lock(fd, fcntl.F_RDLCK)
+            _range_lock(fd, fcntl.F_UNLCK)
+            self._config_seen = signature(os.fstat(fd))
+        finally:
+            os.close(fd)
+        self.shared = True
+
+    def cache_still_valid(self, handle: OpenFile, path: str) -> bool:
+        """Shared storage, at open: may what this mount cached of ``path`` at earlier opens
+        still be served? NFS's close-to-open revalidation: yes if the backing file's size,
+        mtime and ctime are those seen at the last open of this name and the file had been
+        quiet for CACHE_QUIET_NS by then (see CACHE_QUIET_NS); otherwise the caller drops
+        the cache and this open's signature is remembered for the next one.
+
+        Keyed by name too: two hard links have separate kernel caches, filled at different times."""
+        st = os.fstat(handle.fd)
+        key, now = (st.st_dev, st.st_ino, path), time.time_ns()
+        mark = self._cache_marks.get(key)
+        quiet_since = now if mark is None else mark[1] - CACHE_QUIET_NS
+        if (mark is not None and mark[0] == signature(st)
+                and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since):
+            return True
+        if len(self._cache_marks) >= CACHE_MARKS_MAX:
+            self._cache_marks.clear()
+        self._cache_marks[key] = (signature(st), now)
+        return False
+
+    @contextlib.contextmanager
+    def lock_waiter(self) -> Iterator[None]:
+        """A place among the applications' lock waits (OpenFile.set_lock); ENOLCK if full."""
+        if not self._lock_waiters.acquire(blocking=False):
+            raise OSError(errno.ENOLCK, f"more than {MAX_LOCK_WAITERS} programs wait for file locks")
+        try:
+            yield
+        finally:
+            self._lock_waiters.release()
+
+    def check_config(self) -> None:
+        """Shared storage: re-read the volume config when another host replaced it (passwd).
+
+        What this mount holds in memory (master key, key ID, chunk size) must still be the
+        volume's: a config naming another key or chunk size refuses the open instead of
+        writing files no other mount could read."""
+        if not self.shared:
+            return
+        st = os.stat(config_path(self.backing))
+        if signature(st) == self._config_seen:
+            return
+        fresh = read_config(self.backing)
+        if fresh.key_id != self._key_id or fresh.chunk_size != self.config.chunk_size:
+            raise CorruptConfig(
+                f"the volume config of {self._root} changed under this mount: it now names another "
+                "key or chunk size; refusing access to avoid writing unreadable files "
+                "(unmount and mount again)")
+        self.config = fresh
+        self._config_seen = signature(st)
 
     def cipher_for(self, file_id: bytes) -> FileCipher:
         return FileCipher(self._content_root, self._key_id, file_id)
@@ -539,7 +808,7 @@ class Volume:
 
     def _open_size(self, st: os.stat_result) -> int | None:
         state = self._states.get((st.st_dev, st.st_ino))
-        return None if state is None else state.size
+        return None if state is None else state.size_for(st)
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -598,6 +867,7 @@ class Volume:
         # read the chunk back, and a write-only backing fd under a shared mmap (SQLite -shm)
         # makes the PACS die with SIGBUS.
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        self.check_config()
         fd = os.open(self.backing_path(path), (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW)
         try:
             handle = self._attach(fd, flags)
@@ -624,6 +894,7 @@ class Volume:
 
     def create(self, path: str, mode: int, flags: int, owner: tuple[int, int] | None = None) -> OpenFile:
         target = self.backing_path(path)
+        self.check_config()
         try:
             fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         except FileExistsError:
@@ -636,7 +907,9 @@ class Volume:
             if owner is not None:
                 os.fchown(fd, *owner)
             handle = self._attach(fd, flags)
-            self._reset_to_empty(handle)
+            # Shared storage: another mount may have opened the new file and written its
+            # header (or data) before we took the lock; that is kept, not clobbered.
+            self._reset_to_empty(handle, only_if_blank=self.shared)
         except BaseException:
             if handle is not None:
                 handle.close()  # also drops the shared state, which an inode reuse would inherit
@@ -646,17 +919,21 @@ class Volume:
             raise
         return handle
 
-    def _reset_to_empty(self, handle: OpenFile) -> None:
+    def _reset_to_empty(self, handle: OpenFile, only_if_blank: bool = False) -> None:
         """Give the file a fresh file ID and one empty final chunk (create and O_TRUNC).
 
-        A new file ID means no chunk of the old content can ever be replayed into the new one."""
+        A new file ID means no chunk of the old content can ever be replayed into the new one.
+        ``only_if_blank``: leave a file alone that already has a header (shared-storage create)."""
         state = handle.state
-        with state.lock:
+        with handle._locked(write=True):
+            if only_if_blank and os.fstat(handle.fd).st_size != 0:
+                return
             file_id = new_file_id()
             cipher = self.cipher_for(file_id)
+            header = encode_header(file_id)
             os.ftruncate(handle.fd, 0)
-            handle._pwrite_all(encode_header(file_id) + cipher.encrypt_chunk(0, b"", final=True), 0)
-            state.reset_cipher(cipher)
+            handle._pwrite_all(header + cipher.encrypt_chunk(0, b"", final=True), 0)
+            state.reset_cipher(cipher, header)
             state.size = 0
             state.damage = None
 
@@ -720,7 +997,11 @@ class Volume:
                 os.unlink(path)
 
     def remove_stale_orphans(self) -> int:
-        """At mount no file is open, so orphans left by a crash can go. Returns how many."""
+        """At mount no file is open, so orphans left by a crash can go. Returns how many.
+
+        Not on shared storage: the orphans may be files another mount still has open."""
+        if self.shared:
+            return 0
         try:
             names = os.listdir(self._orphans())
         except FileNotFoundError:

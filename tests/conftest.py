@@ -175,8 +175,10 @@ def mounted(tmp_path: Path, volume: Path, passphrase_file: Path) -> Iterator[Mou
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     policy = write_policy(tmp_path / "policy.toml", OPEN_POLICY.format(uid=os.geteuid()))
+    # ENCFS_PACS_TEST_MOUNT_ARGS="--shared-storage" runs the suites on a mount with other settings
+    extra = tuple(os.environ.get("ENCFS_PACS_TEST_MOUNT_ARGS", "").split())
     m = Mounted(backing=volume, mountpoint=mountpoint, log_file=tmp_path / "daemon.log",
-                passphrase_file=passphrase_file, policy_file=policy)
+                passphrase_file=passphrase_file, policy_file=policy, extra_args=extra)
     try:
         m.mount()  # inside the try: a mount that half-succeeded is cleaned up too
         yield m

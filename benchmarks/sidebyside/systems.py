@@ -48,6 +48,10 @@ SYSTEMS: tuple[SystemSpec, ...] = (
     SystemSpec("guarded", "encfs-pacs, allow-list and audit on", "encfs-pacs",
                ("--policy", "{policy}", "--audit-log", "{audit_log}"), ("--policy", "--audit-log"),
                baseline="plain"),
+    # What several servers on one NAS pay for close-to-open consistency (docs/shared-storage.md):
+    # no page cache across opens, 0 s kernel timeouts, a file lock and fstat per read/write.
+    SystemSpec("shared", "encfs-pacs --shared-storage, allow-list and audit off", "encfs-pacs",
+               ("--no-policy", "--no-audit", "--shared-storage"), ("--shared-storage",), baseline="plain"),
 )
 
 

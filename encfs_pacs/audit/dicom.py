@@ -21,7 +21,7 @@ log = logging.getLogger("encfs_pacs.audit")
 AUDITED_TAGS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "Modality")
 PREAMBLE_BYTES = 132  # 128-byte preamble + "DICM"
 CACHE_ENTRIES = 65_536
-FileKey = tuple[int, int, int, int]
+FileKey = tuple[int, int, int, int, int]
 
 
 class _PlainReader(io.RawIOBase):
@@ -90,7 +90,8 @@ class DicomTagCache:
             return None
         if not _is_regular(st.st_mode):
             return None
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        # ctime too: another server on shared storage may rewrite a file within one mtime tick
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)

@@ -37,6 +37,9 @@ from .records import utc_text
 
 META_DIR = ".encfs-pacs"  # the volume's metadata folder (store.META_DIR; not imported: layering)
 KEY_STORE_FILE = "audit-key.json"
+# Shared storage: several mounts of one volume (ACQ and WAS servers on one NAS) each write their
+# own log, so each needs its own key store, anchor and writer lock: META_DIR/audit-hosts/NAME/.
+HOSTS_DIR = "audit-hosts"
 KEY_STORE_FORMAT = "encfs-pacs audit key"
 KEY_STORE_VERSION = 1
 SEED_BYTES = 32
@@ -103,8 +106,11 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def key_store_path(backing: Path) -> Path:
-    return backing / META_DIR / KEY_STORE_FILE
+def key_store_path(backing: Path, host: str | None = None) -> Path:
+    """The volume-wide key store, or host ``host``'s own (``--audit-host``, shared storage)."""
+    if host is None:
+        return backing / META_DIR / KEY_STORE_FILE
+    return backing / META_DIR / HOSTS_DIR / host / KEY_STORE_FILE
 
 
 @dataclass
@@ -155,9 +161,9 @@ class KeyStore:
         write_atomically(self.path, self.to_json())
 
 
-def load_key_store(backing: Path) -> KeyStore | None:
+def load_key_store(backing: Path, host: str | None = None) -> KeyStore | None:
     """The key store, None if the volume has none yet; AuditUnavailable if unreadable."""
-    path = key_store_path(backing)
+    path = key_store_path(backing, host)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -186,12 +192,14 @@ def load_key_store(backing: Path) -> KeyStore | None:
     return store
 
 
-def create_key_store(backing: Path, master_key: bytes, keygen: KeyGen = random_seed) -> KeyStore:
+def create_key_store(backing: Path, master_key: bytes, keygen: KeyGen = random_seed,
+                     host: str | None = None) -> KeyStore:
     """A new key store whose epoch-0 public key is the anchor. Refuses to replace one."""
-    path = key_store_path(backing)
-    meta = path.parent
-    if not meta.is_dir():
+    path = key_store_path(backing, host)
+    if not (backing / META_DIR).is_dir():
         raise AuditUnavailable(f"{backing} has no {META_DIR} folder: it is not an encfs-pacs volume")
+    if host is not None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.exists():
         raise AuditUnavailable(f"{path} already exists: an audit anchor is never replaced")
     key = EpochKey(0, keygen())
@@ -217,9 +225,9 @@ def create_anchor(backing: Path, master_key: bytes) -> bytes:
     return create_key_store(backing, master_key).anchor
 
 
-def read_anchor(backing: Path) -> bytes | None:
-    """The volume's public anchor, or None if it has none yet. Needs no secret."""
-    store = load_key_store(backing)
+def read_anchor(backing: Path, host: str | None = None) -> bytes | None:
+    """The volume's public anchor (or host ``host``'s), None if there is none yet. No secret."""
+    store = load_key_store(backing, host)
     return None if store is None else store.anchor
 
 

@@ -276,7 +276,11 @@ class SpoolIngester:
     mount serves; then a polling thread), ``stop`` (a last pass). Thread-safe."""
 
     def __init__(self, backing: Path, trail: Trail, master_key: bytes, log_path: Path | None = None,
-                 poll_seconds: float = POLL_SECONDS) -> None:
+                 poll_seconds: float = POLL_SECONDS, shared: bool = False) -> None:
+        """``shared``: other mounts (other servers, --shared-storage) may ingest this spool too.
+        Then only the mount that holds the folder's lock ingests, so every event lands in one
+        trail once; the others try to take the lock at every poll and take over when that
+        mount stops."""
         self.folder = spool_path(backing)
         self.rejected = rejected_path(backing)
         self._trail = trail
@@ -290,13 +294,14 @@ class SpoolIngester:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._shared = shared
 
     def start(self) -> int:
         """Take the folder's lock, ingest what is waiting, start polling. Returns the count."""
         _private_folder(self.folder)
-        self._lock_fd = _hold_lock(self.folder)
+        self._lock_fd = _try_lock(self.folder) if self._shared else _hold_lock(self.folder)
         self._recorded |= self._ids_in_log()
-        count = self.ingest()
+        count = self.ingest() if self._may_ingest() else 0
         self._thread = threading.Thread(target=self._watch, name="audit-spool", daemon=True)
         self._thread.start()
         return count
@@ -306,17 +311,27 @@ class SpoolIngester:
         if self._thread is not None:
             self._thread.join(timeout=30)
         try:
-            self.ingest()  # what was queued in the last second
+            if self._may_ingest():
+                self.ingest()  # what was queued in the last second
         except Exception:  # the mount is ending: say so, never mask the unmount
             log.exception("audit spool: the last pass failed; waiting events stay for the next mount")
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _may_ingest(self) -> bool:
+        """Always on a single mount; on shared storage only while holding the folder's lock."""
+        if not self._shared:
+            return True
+        if self._lock_fd is None:
+            self._lock_fd = _try_lock(self.folder)
+        return self._lock_fd is not None
+
     def _watch(self) -> None:
         while not self._stop.wait(self._poll):
             try:
-                self.ingest()
+                if self._may_ingest():
+                    self.ingest()
             except Exception:  # keep polling: a transient error must not end ingestion for good
                 log.exception("audit spool: a pass failed; retrying")
 
@@ -425,6 +440,20 @@ def _hold_lock(folder: Path, wait_seconds: float = 5.0) -> int | None:
                 os.close(fd)
                 return None
             time.sleep(0.01)
+
+
+def _try_lock(folder: Path) -> int | None:
+    """The folder's exclusive lock if free now (shared storage: the ingesting mount), else None."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _free_name(folder: Path, name: str) -> Path:

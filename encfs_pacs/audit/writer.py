@@ -665,14 +665,14 @@ def _inspect(path: Path) -> _Tail | None:
     return _Tail(verifier.state, file, seals)
 
 
-def _lock_file(path: Path, what: str) -> int:
+def _lock_file(path: Path, what: str, hint: str = "") -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise AuditUnavailable(f"{what} is in use by another encfs-pacs process (one writer per "
-                               "volume and per log)") from None
+                               f"volume and per log){hint}") from None
     return fd
 
 
@@ -693,7 +693,8 @@ def open_audit_log(path: Path, backing: Path, master_key: bytes, *, fail_open: b
                    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
                    epoch_seconds: float | None = DEFAULT_EPOCH_SECONDS,
                    epoch_checkpoints: int | None = None, max_pending: int = DEFAULT_MAX_PENDING,
-                   forward: Forward | None = None, _hooks: _Hooks | None = None) -> AuditLog:
+                   forward: Forward | None = None, host: str | None = None,
+                   _hooks: _Hooks | None = None) -> AuditLog:
     """Open (or create) the audit log of the volume at ``backing`` and start its writer.
 
     - ``path``: the active log file (created 0600, missing folders 0700). An existing log is
@@ -711,6 +712,9 @@ def open_audit_log(path: Path, backing: Path, master_key: bytes, *, fail_open: b
     - ``max_pending``: records queued before appends are refused (fail-open: lost, and counted).
     - ``forward(lines, chain)``: called on the writer thread with every line once it is durable
       (seals and control records included), e.g. ``SyslogForwarder.audit_lines``; it must not block.
+    - ``host``: use this host's own key store and anchor in the volume (``--audit-host``: each
+      of several mounts of one volume on shared storage signs its own trail); None: the
+      volume-wide store, one writer per volume.
 
     Raises AuditUnavailable if the log or the key store cannot be used (the message says why).
     """
@@ -721,33 +725,43 @@ def open_audit_log(path: Path, backing: Path, master_key: bytes, *, fail_open: b
     backing = Path(os.path.abspath(backing))
     if not (backing / ".encfs-pacs").is_dir():
         raise AuditUnavailable(f"{backing} is not an encfs-pacs volume (no .encfs-pacs folder)")
-    lock_fd = _lock_file(key_store_path(backing).with_name("audit-key.lock"), f"the audit trail of {backing}")
+    store_path = key_store_path(backing, host)
+    if host is not None:
+        _make_folder(store_path.parent)
+    what = f"the audit trail of {backing}" + (f" for host {host}" if host else "")
+    hint = (" (give each server that mounts this volume its own --audit-host NAME)" if host is None
+            else " (is another server using the same --audit-host name?)")
+    lock_fd = _lock_file(store_path.with_name("audit-key.lock"), what, hint)
     try:
-        return _open(path, backing, master_key, settings, hooks, lock_fd, forward)
+        return _open(path, backing, master_key, settings, hooks, lock_fd, forward, host)
     except BaseException:
         os.close(lock_fd)
         raise
 
 
 def _open(path: Path, backing: Path, master_key: bytes, settings: AuditSettings, hooks: _Hooks,
-          lock_fd: int, forward: Forward | None = None) -> AuditLog:
+          lock_fd: int, forward: Forward | None = None, host: str | None = None) -> AuditLog:
     try:
         _make_folder(path.parent)
     except OSError as exc:
         raise AuditUnavailable(_explain(exc, path)) from None
     tail = _inspect(path) if path.exists() else None
-    store = load_key_store(backing)
+    store = load_key_store(backing, host)
     anchor_created = False
     if store is None:
         if tail is not None:
             raise AuditUnavailable(
                 f"the audit log {path} already holds a trail (anchor {tail.state.anchor.hex()[:16]}…), but "
-                f"this volume has no audit key store ({key_store_path(backing)} is missing): if the log is "
-                "another volume's, give this volume its own log; if it is this volume's, restore the key "
-                "store from backup (never start a new anchor over an existing trail)")
-        store = create_key_store(backing, master_key, hooks.keygen)
+                f"this volume has no audit key store ({key_store_path(backing, host)} is missing): "
+                "if the log is another volume's, give this volume its own log; if it is this volume's, "
+                "restore the key store from backup (never start a new anchor over an existing trail)")
+        store = create_key_store(backing, master_key, hooks.keygen, host)
         anchor_created = True
-        log.warning("created the audit anchor of %s (the volume predates audit support)", backing)
+        if host is None:
+            log.warning("created the audit anchor of %s (the volume predates audit support)", backing)
+        else:  # the first mount of this volume by this host: its anchor is for the auditors
+            log.warning("created the audit anchor of %s for host %s: %s (print it again with: encfs-pacs "
+                        "audit anchor %s --host %s)", backing, host, store.anchor.hex(), backing, host)
     store_key = audit_key_store_key(master_key)
     if tail is not None:
         _reconcile(store, tail, path)

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
+from .. import config as config_schema
 from .. import durable, store
 from ..audit import export, html_report, parse_public_key, query, read_anchor, verify
 from ..errors import AuditTampered, AuditUnavailable, UsageError
@@ -25,7 +26,9 @@ def audit_group() -> None:
 @audit_group.command("anchor")
 @click.argument("backing", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (hex and base64).")
-def anchor_command(backing: Path, as_json: bool) -> None:
+@click.option("--host", "host", default=None, metavar="NAME",
+              help="The anchor of the server that mounts BACKING with --audit-host NAME (shared storage).")
+def anchor_command(backing: Path, as_json: bool, host: str | None) -> None:
     """Print the volume's audit anchor: the public key every log of BACKING is verified against.
 
     Keep a copy away from the server (in the audit file, printed, in a password manager):
@@ -34,14 +37,21 @@ def anchor_command(backing: Path, as_json: bool) -> None:
     \b
     Example:
       encfs-pacs audit anchor /srv/pacs-enc > /secure/place/pacs-enc.anchor
+      encfs-pacs audit anchor /mnt/nas/pacs-enc --host acq-server
     """
     store.read_config(backing)  # a clear error if BACKING is not a volume
-    anchor = read_anchor(backing)
+    if host is not None and not config_schema.HOST_NAME.match(host):
+        raise UsageError(f"--host {host!r} is not a host name (letters, digits, _ . -)")
+    anchor = read_anchor(backing, host)
     if anchor is None:
+        if host is not None:
+            raise AuditUnavailable(f"{backing} has no audit anchor for host {host} yet: it is created at "
+                                   f"that host's first mount with --audit-host {host}")
         raise AuditUnavailable(f"{backing} has no audit anchor yet: it is created by 'encfs-pacs init', or "
                                "for older volumes at the first mount with an audit log")
     if as_json:
-        click.echo(json.dumps({"backing": str(backing), "anchor": anchor.hex(),
+        named = {"host": host} if host else {}
+        click.echo(json.dumps({"backing": str(backing), **named, "anchor": anchor.hex(),
                                "anchor_base64": base64.b64encode(anchor).decode("ascii")}))
     else:
         click.echo(anchor.hex())

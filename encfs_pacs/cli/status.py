@@ -135,6 +135,7 @@ def collect(mountpoint: Path | None = None) -> list[dict[str, Any]]:
             "pid": pid if isinstance(pid, int) else None,
             "daemon_running": _daemon_running(pid),
             "learn": bool(record.get("learn", False)),
+            "shared_storage": bool(record.get("shared_storage", False)),
             "policy": policy_state(record.get("policy")) if known else None,
             "audit": audit_state(record.get("audit_log")) if known else None,
             "syslog": record.get("syslog"),
@@ -158,6 +159,8 @@ def _describe(entry: dict[str, Any]) -> list[str]:
             dropped = (entry["audit"] or {}).get("syslog_dropped")
             lines.append(f"  syslog:    {entry['syslog']}" + (
                 f" ({dropped} message(s) dropped, per the active audit file)" if dropped else ""))
+        if entry["shared_storage"]:
+            lines.append("  sharing:   --shared-storage (other servers may mount this volume)")
     else:
         lines.append("  policy, audit log: unknown (no registry details; daemon of an older version "
                      "or another user)")

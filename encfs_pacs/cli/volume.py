@@ -16,7 +16,7 @@ from .. import store
 from ..access import NullAudit, open_gate
 from ..audit import forward
 from ..crypto import keys, volume_config
-from ..errors import UsageError
+from ..errors import MountFailed, UsageError
 from ..maintenance import events
 from ..policy.loader import DEFAULT_POLICY_PATH
 from .keysource import (
@@ -197,6 +197,13 @@ def unlock_volume(backing: Path, settings: config_schema.MountConfig) -> store.V
 @click.option("--learn/--no-learn", default=None,
               help="Deny nothing; record every access the policy would deny "
                    "(then: encfs-pacs policy suggest); --no-learn overrides the file's learn = true.")
+@click.option("--shared-storage/--single-host", default=None,
+              help="Other servers mount the same backing folder (NAS): close-to-open consistency "
+                   "and file locks instead of kernel caching (docs/shared-storage.md); "
+                   "--single-host overrides the file's shared_storage = true.")
+@click.option("--audit-host", metavar="NAME",
+              help="This server's own audit key store and anchor in the volume (needed when "
+                   "several servers mount one volume with audit logs).")
 @click.pass_context
 def mount(ctx: click.Context, config_file: Path | None, foreground: bool, **_: object) -> None:
     """Mount the volume BACKING as plaintext on MOUNTPOINT.
@@ -236,6 +243,15 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
     gate = open_gate(None if settings["no_policy"] else settings["policy"].absolute(), NullAudit(),
                      learn=settings["learn"])
     volume = unlock_volume(backing, settings)
+    if settings["shared_storage"]:
+        try:
+            volume.enable_shared_storage()
+        except OSError as exc:
+            raise MountFailed(
+                f"--shared-storage needs advisory file locks on {backing}, which refuses them "
+                f"({exc.strerror}); on NFS mount with locking (NFSv4, or lockd for NFSv3; not 'nolock')"
+            ) from None
+    audit_host = settings["audit_host"]
     recovery = _queue_recovery_use(volume, mountpoint, settings)
     if foreground:
         configure_logging(log_file, foreground=True, verbose=verbose, syslog=syslog)
@@ -243,7 +259,8 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
             fs_mount.serve(volume, mountpoint, gate,
                            on_ready=lambda: notify.ready(f"serving {backing} on {mountpoint}"),
                            audit_log=audit_path, audit_fail_open=settings["audit_fail_open"],
-                           syslog=collector, syslog_hostname=settings["syslog_hostname"])
+                           syslog=collector, syslog_hostname=settings["syslog_hostname"],
+                           audit_host=audit_host)
         finally:
             # Reached once the kernel mount is gone; the audit log is sealed by now.
             notify.stopping(f"unmounted {mountpoint}")
@@ -252,7 +269,7 @@ def _mount(settings: config_schema.MountConfig, foreground: bool) -> None:
         volume, mountpoint, gate, log_file,
         lambda: configure_logging(log_file, foreground=False, verbose=verbose, syslog=syslog),
         audit_log=audit_path, audit_fail_open=settings["audit_fail_open"],
-        syslog=collector, syslog_hostname=settings["syslog_hostname"])
+        syslog=collector, syslog_hostname=settings["syslog_hostname"], audit_host=audit_host)
     click.echo(f"mounted {backing} on {mountpoint} (daemon pid {pid})")
     if recovery is not None:
         # The daemon records the spool before it serves, so by now the event is in the trail.

@@ -31,7 +31,7 @@ from ..audit.spool import SpoolIngester, spool_path
 from ..errors import MountFailed, MountpointError, UnmountFailed
 from ..store import Volume
 from ._binding import EncfsFUSE
-from .operations import EncryptedOperations
+from .operations import EncryptedOperations, SharedStorageOperations
 
 log = logging.getLogger("encfs_pacs.mount")
 READY_TIMEOUT_SECONDS = 60.0
@@ -118,6 +118,7 @@ def _register(mountpoint: Path, volume: Volume, gate: AccessGate | None = None,
                   "backing": str(volume.backing),
                   "policy": None if gate is None or gate.holder.path is None else str(gate.holder.path),
                   "learn": bool(gate is not None and gate.learn),
+                  "shared_storage": volume.shared,
                   "audit_log": None if audit_log is None else os.path.abspath(audit_log),
                   "syslog": None if syslog is None else str(syslog.target),
                   "syslog_hostname": None if syslog is None else syslog.hostname}
@@ -163,7 +164,7 @@ def _mount_event(event: str, volume: Volume, mountpoint: Path, gate: AccessGate)
 
 
 def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool,
-               forwarder: SyslogForwarder | None = None) -> EnrichingAudit:
+               forwarder: SyslogForwarder | None = None, host: str | None = None) -> EnrichingAudit:
     """The volume's audit trail, with patient and study added from DICOM headers; with a
     ``forwarder``, every committed line also goes to the syslog collector.
 
@@ -175,7 +176,7 @@ def open_audit(volume: Volume, audit_log: Path, *, fail_open: bool,
     # records of accesses the gate let through just before an outage must not be lost. Failing
     # closed is the gate's job: it asks the sink before every access (EnrichingAudit.check).
     writer = open_audit_log(audit_log, volume.backing, volume.master_key, fail_open=True,
-                            forward=None if forwarder is None else forwarder.audit_lines)
+                            forward=None if forwarder is None else forwarder.audit_lines, host=host)
     if forwarder is not None:
         forwarder.report = writer.append  # syslog-dropped records: straight to the writer, never blocks
     return EnrichingAudit(writer, DicomTagCache(volume), fail_open=fail_open)
@@ -208,7 +209,8 @@ def start_spool(volume: Volume, audit: EnrichingAudit, audit_log: Path) -> Spool
     """Record the events maintenance commands queued in the volume (audit/spool.py), then keep
     polling for new ones. A spool that cannot be read is an alert in the trail, not a failed
     mount: the trail of file accesses matters more than waiting maintenance events."""
-    ingester = SpoolIngester(volume.backing, audit.writer, volume.master_key, audit_log)  # type: ignore[arg-type]
+    ingester = SpoolIngester(volume.backing, audit.writer, volume.master_key, audit_log,  # type: ignore[arg-type]
+                             shared=volume.shared)
     try:
         count = ingester.start()
     except OSError as exc:
@@ -224,22 +226,28 @@ def start_spool(volume: Volume, audit: EnrichingAudit, audit_log: Path) -> Spool
 
 def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None = None,
           audit_log: Path | None = None, audit_fail_open: bool = False, syslog: str | None = None,
-          syslog_hostname: str | None = None) -> None:
-    """Run the file system until it is unmounted. Blocks. ``syslog``: a udp:// or tcp:// collector."""
+          syslog_hostname: str | None = None, audit_host: str | None = None) -> None:
+    """Run the file system until it is unmounted. Blocks. ``syslog``: a udp:// or tcp:// collector.
+
+    ``audit_host``: sign the audit log with this host's own key store in the volume (shared
+    storage: every mount of one volume has its own). Shared storage itself is switched on in
+    ``volume`` (Volume.enable_shared_storage) before this is called."""
     _reload_on_sighup(gate)  # first: threads started later inherit the blocked SIGHUP
     forwarder = start_forwarder(syslog, syslog_hostname)
     try:
-        _serve(volume, mountpoint, gate, on_ready, audit_log, audit_fail_open, forwarder)
+        _serve(volume, mountpoint, gate, on_ready, audit_log, audit_fail_open, forwarder, audit_host)
     finally:
         stop_forwarder(forwarder)
 
 
 def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None,
-           audit_log: Path | None, audit_fail_open: bool, forwarder: SyslogForwarder | None) -> None:
+           audit_log: Path | None, audit_fail_open: bool, forwarder: SyslogForwarder | None,
+           audit_host: str | None = None) -> None:
     as_root = os.geteuid() == 0
     ingester = None
     if audit_log is not None:
-        audit = open_audit(volume, audit_log, fail_open=audit_fail_open, forwarder=forwarder)
+        audit = open_audit(volume, audit_log, fail_open=audit_fail_open, forwarder=forwarder,
+                           host=audit_host)
         gate.audit = audit
         ingester = start_spool(volume, audit, audit_log)  # before serving: queued events first
     gate.holder.start()
@@ -259,7 +267,8 @@ def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callabl
     stale = volume.remove_stale_orphans()
     if stale:
         log.info("removed %d unlinked file(s) left open by a previous mount that did not end cleanly", stale)
-    operations = EncryptedOperations(volume, gate, on_ready=ready, set_owner=as_root)
+    kind = SharedStorageOperations if volume.shared else EncryptedOperations
+    operations = kind(volume, gate, on_ready=ready, set_owner=as_root)
     options: dict[str, object] = {
         "fsname": str(volume.backing).replace(",", "_"),
         "subtype": "encfs-pacs",
@@ -310,7 +319,7 @@ def _detach_stdio(log_file: Path | None) -> None:
 def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_file: Path | None,
                         configure_logging: Callable[[], None], audit_log: Path | None = None,
                         audit_fail_open: bool = False, syslog: str | None = None,
-                        syslog_hostname: str | None = None) -> int:
+                        syslog_hostname: str | None = None, audit_host: str | None = None) -> int:
     """Fork the daemon; return its pid once the mount is usable."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -328,7 +337,8 @@ def mount_in_background(volume: Volume, mountpoint: Path, gate: AccessGate, log_
                 os.write(write_end, b"OK\n")
 
             serve(volume, mountpoint, gate, on_ready=ready, audit_log=audit_log,
-                  audit_fail_open=audit_fail_open, syslog=syslog, syslog_hostname=syslog_hostname)
+                  audit_fail_open=audit_fail_open, syslog=syslog, syslog_hostname=syslog_hostname,
+                  audit_host=audit_host)
             code = 0
         except BaseException as exc:  # report any reason to the waiting parent, then die
             with contextlib.suppress(OSError):

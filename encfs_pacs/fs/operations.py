@@ -11,6 +11,7 @@ than crashing the mount under a running PACS.
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import os
@@ -27,6 +28,14 @@ from ._binding import FuseOSError, Operations, fuse_get_context
 
 log = logging.getLogger("encfs_pacs.fs")
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Shared storage (Volume.shared, docs/shared-storage.md): how long the kernel may trust a name
+# lookup or a file's attributes without asking the daemon. 0 s gives NFS's close-to-open rule
+# and more: every open and stat reaches the daemon, so a file another mount closed is seen with
+# its new size, and deleted, renamed or new names at once. A single-host mount keeps libfuse's
+# defaults (1 s), which are correct there because every change goes through that mount.
+SHARED_ENTRY_TIMEOUT = 0.0
+SHARED_ATTR_TIMEOUT = 0.0
 
 
 def _errno_boundary(method: F) -> F:
@@ -90,11 +99,16 @@ class EncryptedOperations(Operations):
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         if config is not None:
+            if self.volume.shared:
+                config.entry_timeout = SHARED_ENTRY_TIMEOUT
+                config.attr_timeout = SHARED_ATTR_TIMEOUT
+                config.negative_timeout = 0.0  # (libfuse's default too: a new name shows at once)
             config.use_ino = 1  # st_ino from the backing file: hard links and `find -inum` work
             # hard_remove stays off: with it, libfuse's high-level API answers fstat() on an
             # unlinked open file with ESTALE. Instead libfuse renames such a file to
             # .fuse_hidden*, which the volume hides from listings (see Volume.list_dir/rmdir).
-        log.info("mounted volume %s", self.volume.describe())
+        mode = " (shared storage: close-to-open, 0 s timeouts, file locks)" if self.volume.shared else ""
+        log.info("mounted volume %s%s", self.volume.describe(), mode)
         if self._on_ready is not None:
             self._on_ready()
 
@@ -291,7 +305,11 @@ class EncryptedOperations(Operations):
             # Keep the file's cached pages across opens (warm re-reads 3x faster): every change
             # goes through this mount, so the cache is never stale, and only allowed plaintext
             # handles read through it (denied callers get no handle, ciphertext ones direct I/O).
-            fi.keep_cache = 1
+            # On shared storage another mount may have changed the file: keep the pages only
+            # if the backing file is provably unchanged since this name's last open (libfuse's
+            # auto_cache idea, made safe against coarse timestamps: Volume.cache_still_valid);
+            # without keep_cache the kernel drops them at this open (close-to-open).
+            fi.keep_cache = int(not self.volume.shared or self.volume.cache_still_valid(file, path))
         return self._register(Handle(file, grants[-1]), fi)
 
     @_errno_boundary
@@ -358,7 +376,38 @@ class EncryptedOperations(Operations):
     # Deliberately not implemented, so libfuse answers ENOSYS once and the kernel stops asking
     # or handles it itself: getxattr/setxattr (security.capability is probed on every write),
     # ioctl (the kernel turns ENOSYS into ENOTTY for isatty()), lock/flock (kernel-local POSIX
-    # locks are correct for a single-host mount), access (default_permissions checks modes).
+    # locks are correct for a single-host mount; SharedStorageOperations forwards fcntl locks
+    # on shared storage), access (default_permissions checks modes).
+
+
+class SharedStorageOperations(EncryptedOperations):
+    """With --shared-storage: applications' fcntl (POSIX) locks also go to the backing file, so
+    programs on the other mounts (other hosts, through NFS) see them (docs/shared-storage.md).
+
+    A separate class because libfuse asks the kernel to forward locks only if ``lock`` exists:
+    a single-host mount keeps the kernel's own, faster lock handling. flock() stays local."""
+
+    @_errno_boundary
+    def lock(self, path: str | None, fi: Any, cmd: int, lock: Any) -> int:
+        file = self._handle(fi).file
+        if not isinstance(file, OpenFile):
+            raise FuseOSError(errno.ENOLCK)  # the read-only ciphertext view takes no locks
+        request = lock.contents
+        if request.l_whence != os.SEEK_SET or request.l_start < 0 or request.l_len < 0:
+            raise FuseOSError(errno.EINVAL)  # libfuse passes absolute, positive ranges
+        if cmd == fcntl.F_GETLK:
+            found = file.test_lock(fi.lock_owner, request.l_type, request.l_start, request.l_len)
+            if found is None:
+                request.l_type = fcntl.F_UNLCK
+            else:
+                request.l_type, request.l_start, request.l_len = found
+                request.l_pid = 0  # the holder may be on another host: no pid to show
+            return 0
+        if cmd not in (fcntl.F_SETLK, fcntl.F_SETLKW):
+            raise FuseOSError(errno.EINVAL)
+        file.set_lock(fi.lock_owner, request.l_type, request.l_start, request.l_len,
+                      wait=cmd == fcntl.F_SETLKW)
+        return 0
 
 
 def _is_hidden(path: str) -> bool:

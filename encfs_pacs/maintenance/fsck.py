@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..audit.signing import KEY_STORE_FILE
+from ..audit.signing import HOSTS_DIR, KEY_STORE_FILE
 from ..audit.spool import REJECTED_DIR, SPOOL_DIR
 from ..errors import UsageError
 from ..store import CONFIG_FILE, FUSE_HIDDEN_PREFIX, META_DIR, ORPHANS_DIR, Volume
@@ -136,7 +136,8 @@ class Checker:
         meta = self.volume.backing / META_DIR
         for entry in sorted(os.listdir(meta)):
             rel = f"{META_DIR}/{entry}"
-            if entry in (CONFIG_FILE, LOCK_FILE, KEY_STORE_FILE, AUDIT_LOCK_FILE):
+            # HOSTS_DIR: the key stores of the servers sharing the volume (--audit-host)
+            if entry in (CONFIG_FILE, LOCK_FILE, KEY_STORE_FILE, AUDIT_LOCK_FILE, HOSTS_DIR):
                 continue
             if entry in _META_EXPLAINED:
                 self._leftover(rel, _META_EXPLAINED[entry])
