@@ -104,15 +104,19 @@ def write_policy(path: Path, text: str) -> Path:
 
 @dataclass
 class Mounted:
-    """A volume mounted through the CLI. ``unmount``/``mount`` allow remount tests."""
+    """A volume mounted through the CLI. ``unmount``/``mount`` allow remount tests.
+
+    The key comes from ``passphrase_file`` or, for a volume whose key is in a key service,
+    from ``kms`` (a ``--kms`` URI with this host's credentials)."""
 
     backing: Path
     mountpoint: Path
     log_file: Path
-    passphrase_file: Path
+    passphrase_file: Path | None = None
     policy_file: Path | None = None
     extra_args: tuple[str, ...] = ()
     audit_log: Path | None = None  # default: next to the daemon log
+    kms: str | None = None
 
     def __post_init__(self) -> None:
         if self.audit_log is None:
@@ -120,8 +124,10 @@ class Mounted:
 
     def mount(self) -> None:
         policy = ("--policy", self.policy_file) if self.policy_file else ("--no-policy",)
-        run_cli("mount", self.backing, self.mountpoint, "--passphrase-file", self.passphrase_file,
-                "--log-file", self.log_file, "--audit-log", str(self.audit_log), *policy, *self.extra_args)
+        key = ("--kms", self.kms) if self.kms else ("--passphrase-file", str(self.passphrase_file))
+        run_cli("mount", self.backing, self.mountpoint, *key, "--log-file", self.log_file,
+                "--audit-log", str(self.audit_log), *policy, *self.extra_args)
+        assert is_fuse_mounted(self.mountpoint), f"{self.mountpoint} is not in the mount table after mount"
 
     def audit_records(self) -> list[dict]:
         """The payload records of the audit log so far (control records left out)."""
@@ -132,7 +138,6 @@ class Mounted:
             return []
         records = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
         return [r for r in records if "audit" not in r]
-        assert is_fuse_mounted(self.mountpoint), f"{self.mountpoint} is not in the mount table after mount"
 
     def unmount(self) -> None:
         """Clean unmount via the CLI (waits for the daemon to finish); fails the test if refused."""

@@ -1,89 +1,38 @@
 """A volume whose key is in an HSM: SoftHSM2 through its PKCS#11 module, driven by the CLI.
 
 Each test gets its own SoftHSM2 token folder and config ($SOFTHSM2_CONF, inherited by the CLI
-subprocesses) with one token and one non-extractable AES-256 key, made here with
-python-pkcs11 as an HSM officer would with the vendor's tool.
+subprocesses) with one token and one non-extractable AES-256 key (tests/softhsm.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import Mounted, force_unmount, is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
+from softhsm import KEY_LABEL, PIN, TOKEN, Hsm, softhsm_token, softhsm_unavailable  # tests/softhsm.py
 
 from .test_cli import assert_clean_error
 
 pytestmark = pytest.mark.integration
 
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-TOKEN, KEY_LABEL, PIN, SO_PIN = "pacs", "pacs-volume", "246810", "13579135"
-
-pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 is not installed (pip install python-pkcs11)")
-if not os.path.exists(MODULE):
-    pytest.skip(f"SoftHSM2 is not installed ({MODULE} missing; apt-get install softhsm2)",
-                allow_module_level=True)
-
-
-@dataclass
-class Hsm:
-    folder: Path
-    pin_file: Path
-
-    def uri(self, pin_file: Path | None = None, **path_attrs: str) -> str:
-        attrs = {"token": TOKEN, "object": KEY_LABEL, **path_attrs}
-        path = ";".join(f"{k}={v}" for k, v in attrs.items() if v)
-        return f"pkcs11:{path}?module-path={MODULE}&pin-source=file:{pin_file or self.pin_file}"
-
-    def mount_uri(self, pin_file: Path | None = None) -> str:
-        """At mount the volume names the key: only this host's credentials are given."""
-        return f"pkcs11:?pin-source=file:{pin_file or self.pin_file}"
-
-    def session(self) -> object:
-        lib = pkcs11.lib(MODULE)
-        return lib.get_token(token_label=TOKEN).open(user_pin=PIN, rw=True)
-
-    def delete_key(self) -> None:
-        with self.session() as session:  # type: ignore[attr-defined]
-            for key in session.get_objects({pkcs11.Attribute.LABEL: KEY_LABEL}):
-                key.destroy()
-        pkcs11.unload(MODULE)  # the CLI runs in other processes; do not keep the token open
-
-    def remove_token(self) -> None:
-        subprocess.run(["softhsm2-util", "--delete-token", "--token", TOKEN], check=True,
-                       capture_output=True, timeout=60)
+_why_not = softhsm_unavailable()
+if _why_not is not None:
+    pytest.skip(_why_not, allow_module_level=True)
 
 
 @pytest.fixture
-def hsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hsm]:
-    folder = tmp_path / "softhsm"
-    (folder / "tokens").mkdir(parents=True)
-    conf = folder / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {folder}/tokens\nobjectstore.backend = file\n"
-                    "log.level = ERROR\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", TOKEN, "--pin", PIN,
-                    "--so-pin", SO_PIN], check=True, capture_output=True, timeout=60)
-    pin_file = folder / "hsm.pin"
-    pin_file.write_text(PIN + "\n")
-    pin_file.chmod(0o600)
-    made = Hsm(folder, pin_file)
-    with made.session() as session:  # type: ignore[attr-defined]
-        session.generate_key(pkcs11.KeyType.AES, 256, label=KEY_LABEL, store=True, template={
-            pkcs11.Attribute.EXTRACTABLE: False, pkcs11.Attribute.SENSITIVE: True})
-    pkcs11.unload(MODULE)
-    yield made
-    pkcs11.unload(MODULE)
+def hsm(tmp_path: Path) -> Iterator[Hsm]:
+    with softhsm_token(tmp_path / "softhsm") as made:
+        yield made
 
 
 @dataclass
 class KmsMounted(Mounted):
-    kms: str = ""
+    """Mounted with the HSM key, no policy and no audit trail: the key tests need neither."""
 
     def mount(self) -> None:
         run_cli("mount", self.backing, self.mountpoint, "--kms", self.kms, "--log-file", self.log_file,
@@ -107,8 +56,7 @@ def backing(tmp_path: Path, hsm: Hsm) -> Path:
 
 
 def _kms_mount(backing: Path, mountpoint: Path, tmp_path: Path, uri: str) -> KmsMounted:
-    return KmsMounted(backing=backing, mountpoint=mountpoint, log_file=tmp_path / "daemon.log",
-                      passphrase_file=Path("/nonexistent"), kms=uri)
+    return KmsMounted(backing=backing, mountpoint=mountpoint, log_file=tmp_path / "daemon.log", kms=uri)
 
 
 def test_init_mount_write_and_remount(backing: Path, mountpoint: Path, tmp_path: Path, hsm: Hsm) -> None:

@@ -1,135 +1,34 @@
 """Forwarding to a real rsyslog (issue 5 "Forwarding", issue 9 "Central audit").
 
-Each test starts its own rsyslogd on 127.0.0.1 (imudp + imtcp on free ports, an omfile action
-in RFC 5424 format, its own work folder; no imuxsock/imklog, so nothing else of this machine
-gets in), mounts a volume with ``--syslog`` pointing at it, works on files, unmounts, and
-compares the collector's file with the local audit log line for line. Then ``audit collect``
-rebuilds the host's files from the collector's copy, ``audit verify`` accepts them with the
-volume's anchor, and one edited line on the collector makes verify fail.
+Each test starts its own rsyslogd on 127.0.0.1 (tests/syslog_collector.py), mounts a volume
+with ``--syslog`` pointing at it, works on files, unmounts, and compares the collector's file
+with the local audit log line for line. Then ``audit collect`` rebuilds the host's files from
+the collector's copy, ``audit verify`` accepts them with the volume's anchor, and one edited
+line on the collector makes verify fail.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import OPEN_POLICY, PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, run_cli, write_policy
-
-from encfs_pacs.audit.forward import parse_message
+from syslog_collector import RSYSLOG_MISSING, Collector, free_port, rsyslogd_path, running_rsyslog
 
 pytestmark = pytest.mark.integration
-
-RSYSLOG_CONF = """\
-global(workDirectory="{work}" maxMessageSize="64k" net.enableDNS="off"
-       parser.escapeControlCharactersOnReceive="off")
-module(load="imudp")
-module(load="imtcp")
-input(type="imudp" address="127.0.0.1" port="{udp}")
-input(type="imtcp" address="127.0.0.1" port="{tcp}")
-action(type="omfile" file="{out}" template="RSYSLOG_SyslogProtocol23Format")
-"""
-
-
-def rsyslogd_path() -> str | None:
-    return shutil.which("rsyslogd") or shutil.which("rsyslogd", path="/usr/sbin:/sbin")
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Collector:
-    udp: int
-    tcp: int
-    out: Path
-
-    def target(self, scheme: str) -> str:
-        return f"{scheme}://127.0.0.1:{self.udp if scheme == 'udp' else self.tcp}"
-
-    def lines(self) -> list[bytes]:
-        try:
-            return [line for line in self.out.read_bytes().split(b"\n") if line]
-        except FileNotFoundError:
-            return []
-
-    def messages(self, host: str, msgid: str = "audit") -> list[bytes]:
-        """MSG of every message from ``host`` with ``msgid``, in the collector's order."""
-        found = []
-        for line in self.lines():
-            message = parse_message(line)
-            if message.hostname == host and message.msgid == msgid:
-                found.append(message.msg)
-        return found
-
-    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                tail = "\n".join(line.decode(errors="replace") for line in self.lines()[-20:])
-                raise AssertionError(f"rsyslog did not write {what} within {timeout} s; it holds:\n{tail}")
-            time.sleep(0.05)
 
 
 @pytest.fixture
 def rsyslog(tmp_path: Path) -> Iterator[Collector]:
-    binary = rsyslogd_path()
-    if binary is None:
-        pytest.skip("rsyslogd is not installed (apt-get install rsyslog; the Makefile's APT_PACKAGES has it)")
-    folder = tmp_path / "rsyslog"
-    (folder / "work").mkdir(parents=True)
-    collector = Collector(free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM),
-                          folder / "collected.log")
-    conf = folder / "rsyslog.conf"
-    conf.write_text(RSYSLOG_CONF.format(work=folder / "work", udp=collector.udp, tcp=collector.tcp,
-                                        out=collector.out))
-    with open(folder / "rsyslogd.out", "wb") as output:
-        process = subprocess.Popen([binary, "-n", "-f", str(conf), "-i", str(folder / "rsyslogd.pid")],
-                                   stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        _wait_until_listening(collector, process, folder)
+    if rsyslogd_path() is None:
+        pytest.skip(RSYSLOG_MISSING)
+    with running_rsyslog(tmp_path / "rsyslog") as collector:
         yield collector
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _wait_until_listening(collector: Collector, process: subprocess.Popen[bytes], folder: Path) -> None:
-    """Probe both inputs until a probe message of each is in the output file."""
-    deadline = time.monotonic() + 15
-    for scheme in ("udp", "tcp"):
-        probe = f"<13>1 - probe test - - - ready-{scheme}".encode()
-        while probe[-9:] not in b"".join(collector.lines()):
-            if process.poll() is not None:
-                raise AssertionError(f"rsyslogd exited ({process.returncode}): "
-                                     + (folder / "rsyslogd.out").read_text(errors="replace"))
-            if time.monotonic() > deadline:
-                raise AssertionError(f"rsyslogd's {scheme} input did not answer within 15 s")
-            try:
-                if scheme == "udp":
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                        sock.sendto(probe, ("127.0.0.1", collector.udp))
-                else:
-                    with socket.create_connection(("127.0.0.1", collector.tcp), timeout=1) as sock:
-                        sock.sendall(f"{len(probe)} ".encode() + probe)
-            except OSError:
-                pass
-            time.sleep(0.1)
 
 
 def work_on_files(mountpoint: Path) -> None:
