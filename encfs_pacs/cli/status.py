@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from ..errors import EncfsPacsError
+from . import UnstattedPath
 
 FSTYPE = "fuse.encfs-pacs"  # "fuse." + the subtype the daemon mounts with
 NOT_MOUNTED_EXIT_CODE = 3  # like `systemctl status`: the thing asked about is not running
@@ -188,7 +189,7 @@ def _audit_line(audit: dict[str, Any] | None) -> str:
 
 
 @click.command()
-@click.argument("mountpoint", required=False, type=click.Path(path_type=Path))  # no stat: may deny us
+@click.argument("mountpoint", required=False, type=UnstattedPath())  # no stat: may deny us
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
 def status(mountpoint: Path | None, as_json: bool) -> None:
     """Show mounted volumes: daemon, backing, policy in force, audit log, recent denials.

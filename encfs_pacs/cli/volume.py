@@ -19,6 +19,7 @@ from ..crypto import keys, volume_config
 from ..errors import MountFailed, UsageError
 from ..maintenance import events
 from ..policy.loader import DEFAULT_POLICY_PATH
+from . import UnstattedPath
 from .keysource import (
     credential_option,
     keyfile_option,
@@ -298,7 +299,7 @@ def default_audit_log(mountpoint: Path) -> Path:
 
 
 @click.command()
-@click.argument("mountpoint", type=click.Path(path_type=Path), required=False)  # no stat: may deny us
+@click.argument("mountpoint", type=UnstattedPath(), required=False)  # no stat: may deny us
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Unmount the mountpoint named in this mount configuration file (systemd ExecStop=).")
 def unmount(mountpoint: Path | None, config_file: Path | None) -> None:

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,18 +42,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def site_policy(path: Path) -> Path:
-    """Write the site's allow-list with the admin CLI (which pins each program's hash)."""
+# The site's allow-list rules: id -> `allow add` options (each program pinned by its hash).
+SITE_RULES: dict[str, tuple[str, ...]] = {
+    "orthanc": ("--exe", ORTHANC, "--path", "/orthanc"),
+    "storescp": ("--exe", "storescp", "--path", "/incoming"),
+    "dcmdump": ("--exe", "dcmdump", "--path", "/incoming", "--ops", "read,list"),
+    "folders": ("--exe", "mkdir", "--ops", "create"),
+    "e2e-reader": ("--exe", PYTHON, "--args", READER_ARGS, "--ops", "read,list"),
+    # A workstation's viewer stand-in (shared storage): DCMTK reading Orthanc's stored files.
+    "dcmdump-was": ("--exe", "dcmdump", "--path", "/orthanc", "--ops", "read,list"),
+}
+DEFAULT_SITE_RULES = ("orthanc", "storescp", "dcmdump", "folders", "e2e-reader")
+
+
+def site_policy(path: Path, rules: tuple[str, ...] = DEFAULT_SITE_RULES) -> Path:
+    """Write the site's allow-list (``rules``: ids of SITE_RULES) with the admin CLI, which pins
+    each program's hash."""
     path.parent.mkdir(mode=0o700, exist_ok=True)
-
-    def allow(*args: str) -> None:
-        run_cli("allow", "add", "--policy", path, *args)
-
-    allow("--id", "orthanc", "--exe", ORTHANC, "--path", "/orthanc")
-    allow("--id", "storescp", "--exe", tool("storescp"), "--path", "/incoming")
-    allow("--id", "dcmdump", "--exe", tool("dcmdump"), "--path", "/incoming", "--ops", "read,list")
-    allow("--id", "folders", "--exe", tool("mkdir"), "--ops", "create")
-    allow("--id", "e2e-reader", "--exe", PYTHON, "--args", READER_ARGS, "--ops", "read,list")
+    for rule in rules:
+        options = list(SITE_RULES[rule])
+        exe = options.index("--exe") + 1
+        options[exe] = options[exe] if os.path.isabs(options[exe]) else tool(options[exe])
+        run_cli("allow", "add", "--policy", path, "--id", rule, *options)
     return path
 
 
@@ -144,22 +155,35 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         mounted.mount()
         yield Site(mounted=mounted, workdir=workdir)
     finally:
-        problem = _teardown_unmount(mounted)
-        log = mounted.log()
-        if "internal error" in log or "Traceback" in log:
-            pytest.fail(f"the mount daemon logged an internal error:\n{log}", pytrace=False)
-        if problem:
-            pytest.fail(problem, pytrace=False)
+        problems = unmount_all([mounted])
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def orthanc(site: Site, netns: NetNamespace) -> Iterator[Orthanc]:
-    server = Orthanc(netns, site.mnt / "orthanc", site.workdir)
+def unmount_all(mounts: list[Mounted]) -> list[str]:
+    """Unmount every mount whatever state it is in; the complaints (unclean unmount, a daemon
+    that logged an internal error) for the caller to fail with after all are down."""
+    problems = [p for p in map(_teardown_unmount, mounts) if p]
+    problems += [f"{m.log_file.name} logged an internal error:\n{m.log()}" for m in mounts
+                 if "internal error" in m.log() or "Traceback" in m.log()]
+    return problems
+
+
+@contextmanager
+def running_orthanc(netns: NetNamespace, root: Path, workdir: Path) -> Iterator[Orthanc]:
+    """Orthanc with its storage and index under ``root`` (a mount), stopped on exit; a crash
+    at shutdown (SIGBUS on a mapped file, a failed final checkpoint) fails the test."""
+    server = Orthanc(netns, root, workdir)
     try:
         server.start()
         yield server
     finally:
         code = server.stop()
-    # A crash at shutdown (SIGBUS on a mapped file, a failed final checkpoint) shows only here.
     if code not in (None, 0):
         pytest.fail(f"Orthanc exited with {code} when stopped:\n{server.log_tail()}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def orthanc(site: Site, netns: NetNamespace) -> Iterator[Orthanc]:
+    with running_orthanc(netns, site.mnt / "orthanc", site.workdir) as server:
+        yield server

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, _teardown_unmount, run_cli
+from conftest import PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, run_cli
 
-from .conftest import NetNamespace, Site, site_policy
+from .conftest import DEFAULT_SITE_RULES, NetNamespace, Site, running_orthanc, site_policy, unmount_all
 from .pacs import Orthanc, tool
 from .studies import pydicom_sample, sha256, write_ct_study
 
@@ -41,10 +41,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSites]:
     passphrase.chmod(0o600)
     backing = workdir / "nas-backing"
     run_cli("init", backing, "--passphrase-file", passphrase, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
-    policy = site_policy(workdir / "etc" / "policy.toml")
-    # The workstation's viewer stand-in: DCMTK reading Orthanc's stored files.
-    run_cli("allow", "add", "--policy", policy, "--id", "dcmdump-was", "--exe", tool("dcmdump"),
-            "--path", "/orthanc", "--ops", "read,list")
+    policy = site_policy(workdir / "etc" / "policy.toml", (*DEFAULT_SITE_RULES, "dcmdump-was"))
     made: list[Mounted] = []
     try:
         for host in ("acq", "was"):
@@ -56,23 +53,15 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSites]:
             made[-1].mount()
         yield SharedSites(Site(made[0], workdir), Site(made[1], workdir))
     finally:
-        problems = [p for p in map(_teardown_unmount, made) if p]
-        problems += [f"{m.log_file.name} logged an internal error:\n{m.log()}" for m in made
-                     if "internal error" in m.log() or "Traceback" in m.log()]
+        problems = unmount_all(made)
         if problems:
             pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def acq_orthanc(sites: SharedSites, netns: NetNamespace) -> Iterator[Orthanc]:
-    server = Orthanc(netns, sites.acq.mnt / "orthanc", sites.acq.workdir)
-    try:
-        server.start()
+    with running_orthanc(netns, sites.acq.mnt / "orthanc", sites.acq.workdir) as server:
         yield server
-    finally:
-        code = server.stop()
-    if code not in (None, 0):
-        pytest.fail(f"Orthanc exited with {code} when stopped:\n{server.log_tail()}", pytrace=False)
 
 
 def test_orthanc_on_acq_and_readers_on_was(sites: SharedSites, acq_orthanc: Orthanc,

@@ -551,3 +551,18 @@ def mount_volume_points(base: Path) -> list[str]:
     with open("/proc/mounts", encoding="utf-8") as table:
         return [line.split()[1] for line in table
                 if line.split()[2].startswith("fuse") and line.split()[1].startswith(str(base))]
+
+
+def test_operator_status_and_unmount_leave_no_denial_in_the_trail(
+        policy: Path, pacs: Agent, mount_volume: Callable[..., Mounted]) -> None:
+    """`encfs-pacs status/unmount MOUNTPOINT` run by a program on no rule (the operator's CLI):
+    they must not stat the mountpoint (click.Path did), which the mount denies and audits.
+    --shared-storage: no attribute caching, so any stat of the root reaches the daemon."""
+    allow_pacs(policy)
+    m = mount_volume(policy, "--shared-storage")
+    run_cli("status", m.mountpoint)
+    run_cli("unmount", m.mountpoint)
+    assert m.audit_log is not None
+    records = [json.loads(line) for line in m.audit_log.read_text().splitlines()]
+    assert records[-1]["event"] == "audit-stop"
+    assert [r for r in records if r.get("outcome") == "denied"] == []
