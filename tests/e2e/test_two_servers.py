@@ -81,6 +81,7 @@ def servers(tmp_path: Path, hsm: Hsm, collector: Collector) -> Iterator[Servers]
     and the token: the fixtures it depends on)."""
     backing = tmp_path / "nas"
     run_cli("init", backing, "--kms", hsm.uri())
+    assert json.loads((backing / ".encfs-pacs" / "volume.json").read_text())["kdf"]["algorithm"] == "pkcs11"
     made: list[Mounted] = []
     try:
         for host in HOSTS:
