@@ -155,6 +155,16 @@ class Mounted:
 
 
 @pytest.fixture
+def mountpoint(tmp_path: Path) -> Iterator[Path]:
+    """An empty folder to mount on; whatever is still mounted there is unmounted at the end."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    if is_fuse_mounted(path) and run_cli("unmount", path, check=False).returncode != 0:
+        force_unmount(path)
+
+
+@pytest.fixture
 def passphrase_file(tmp_path: Path) -> Path:
     path = tmp_path / "passphrase.txt"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -60,16 +60,6 @@ def backing(tmp_path: Path, secret: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def mountpoint(tmp_path: Path):
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    # a failed test must not leave a mount behind
-    if is_mounted(path) and cli("unmount", path).returncode != 0:
-            subprocess.run(["fusermount3", "-uz", str(path)], check=False)
-
-
 def test_init_creates_private_backing_and_config(backing: Path) -> None:
     assert backing.stat().st_mode & 0o777 == 0o700
     config = backing / ".encfs-pacs" / "volume.json"

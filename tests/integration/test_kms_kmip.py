@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import force_unmount, is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
+from conftest import is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -191,15 +191,6 @@ def _running(folder: Path, pki: dict[str, Path]) -> Iterator[KmipServer]:
         yield made
     finally:
         made.stop()
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    if is_fuse_mounted(path) and run_cli("unmount", path, check=False).returncode != 0:
-        force_unmount(path)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Mounted, force_unmount, is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
+from conftest import Mounted, is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
 from softhsm import KEY_LABEL, PIN, TOKEN, Hsm, softhsm_token, softhsm_unavailable  # tests/softhsm.py
 
 from .test_cli import assert_clean_error
@@ -37,15 +37,6 @@ class KmsMounted(Mounted):
     def mount(self) -> None:
         run_cli("mount", self.backing, self.mountpoint, "--kms", self.kms, "--log-file", self.log_file,
                 "--no-policy", "--no-audit", *self.extra_args)
-
-
-@pytest.fixture
-def mountpoint(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    if is_fuse_mounted(path) and run_cli("unmount", path, check=False).returncode != 0:
-        force_unmount(path)
 
 
 @pytest.fixture
