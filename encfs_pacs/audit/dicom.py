@@ -110,7 +110,11 @@ class DicomTagCache:
             log.debug("no DICOM tags for %s: %s", path, exc)
             return None
         try:
-            size = int(handle.stat()["st_size"])
+            # Most files a non-PACS program writes are not DICOM: sniff the preamble with one
+            # read before building the buffered stream pydicom needs.
+            if not looks_like_dicom(handle.read(PREAMBLE_BYTES, 0)):
+                return None
+            size = handle.state.size
             return parse_tags(io.BufferedReader(_PlainReader(handle, size, path), buffer_size=16384))
         except Exception as exc:
             log.info("no DICOM tags for %s: %s", path, exc)
