@@ -321,6 +321,12 @@ class FileState:
         self.volume = volume
         self.key = key
         self.lock = threading.RLock()
+        # Reads of a single-host mount share the inode: the kernel's readahead sends several
+        # requests for one file at once, and one exclusive lock made their backing preads
+        # queue behind one another. A reader registers here with ``lock`` held (so no writer
+        # is active) and runs without it; a writer holds ``lock`` and waits for the readers.
+        self.readers = 0
+        self.readers_done = threading.Condition(threading.Lock())
         self.refs = 0
         self.lock_depth = 0  # nesting of OpenFile._locked (changed only with self.lock held)
         # Shared storage: applications' lock owner -> [backing descriptor holding its locks,
@@ -410,10 +416,11 @@ class OpenFile:
         """The inode's thread lock; on shared storage also the backing file's advisory lock,
         under which the cached size and header are re-checked against the backing file."""
         state = self.state
-        with state.lock:
-            if not self.volume.shared:
+        if not self.volume.shared:
+            with self._shared_or_exclusive(write):
                 yield
-                return
+            return
+        with state.lock:
             outer = state.lock_depth == 0
             if outer:
                 _range_lock(self.fd, fcntl.F_WRLCK if write else fcntl.F_RDLCK)
@@ -430,6 +437,27 @@ class OpenFile:
                 state.lock_depth -= 1
                 if outer:
                     _range_lock(self.fd, fcntl.F_UNLCK)
+
+    @contextlib.contextmanager
+    def _shared_or_exclusive(self, write: bool) -> Iterator[None]:
+        """Single-host mount: readers of one inode run side by side, a writer alone."""
+        state = self.state
+        if write:
+            with state.lock:
+                with state.readers_done:
+                    while state.readers:
+                        state.readers_done.wait()
+                yield
+            return
+        with state.lock, state.readers_done:
+            state.readers += 1
+        try:
+            yield
+        finally:
+            with state.readers_done:
+                state.readers -= 1
+                if not state.readers:
+                    state.readers_done.notify_all()
 
     # -- reading -----------------------------------------------------------------------------
 
