@@ -105,7 +105,9 @@ class DicomTagCache:
 
     def _read(self, path: str) -> dict[str, str] | None:
         try:
-            handle = self._volume.open(path, os.O_RDONLY)
+            # O_NOATIME: looking up the patient for the audit trail is not an access by a
+            # program, and must not change the file's atime (touch -m keeps it, say).
+            handle = self._volume.open(path, os.O_RDONLY | os.O_NOATIME)
         except Exception as exc:  # gone, damaged, a special file: no tags, but never a crash
             log.debug("no DICOM tags for %s: %s", path, exc)
             return None
