@@ -321,6 +321,12 @@ class FileState:
         self.volume = volume
         self.key = key
         self.lock = threading.RLock()
+        # Reads of a single-host mount share the inode: the kernel's readahead sends several
+        # requests for one file at once, and one exclusive lock made their backing preads
+        # queue behind one another. A reader registers here with ``lock`` held (so no writer
+        # is active) and runs without it; a writer holds ``lock`` and waits for the readers.
+        self.readers = 0
+        self.readers_done = threading.Condition(threading.Lock())
         self.refs = 0
         self.lock_depth = 0  # nesting of OpenFile._locked (changed only with self.lock held)
         # Shared storage: applications' lock owner -> [backing descriptor holding its locks,
@@ -410,10 +416,11 @@ class OpenFile:
         """The inode's thread lock; on shared storage also the backing file's advisory lock,
         under which the cached size and header are re-checked against the backing file."""
         state = self.state
-        with state.lock:
-            if not self.volume.shared:
+        if not self.volume.shared:
+            with self._shared_or_exclusive(write):
                 yield
-                return
+            return
+        with state.lock:
             outer = state.lock_depth == 0
             if outer:
                 _range_lock(self.fd, fcntl.F_WRLCK if write else fcntl.F_RDLCK)
@@ -430,6 +437,27 @@ class OpenFile:
                 state.lock_depth -= 1
                 if outer:
                     _range_lock(self.fd, fcntl.F_UNLCK)
+
+    @contextlib.contextmanager
+    def _shared_or_exclusive(self, write: bool) -> Iterator[None]:
+        """Single-host mount: readers of one inode run side by side, a writer alone."""
+        state = self.state
+        if write:
+            with state.lock:
+                with state.readers_done:
+                    while state.readers:
+                        state.readers_done.wait()
+                yield
+            return
+        with state.lock, state.readers_done:
+            state.readers += 1
+        try:
+            yield
+        finally:
+            with state.readers_done:
+                state.readers -= 1
+                if not state.readers:
+                    state.readers_done.notify_all()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -641,6 +669,17 @@ class OpenFile:
                 self.volume.remove_closed_orphan(self.state.key)
         finally:
             os.close(self.fd)  # whatever the cleanup did, the descriptor must not leak
+
+
+def _open_backing(path: str, flags: int) -> int:
+    """os.open; O_NOATIME (the audit trail's own header reads must not change the atime
+    programs see) is dropped where the kernel refuses it: only the owner or root may ask."""
+    try:
+        return os.open(path, flags)
+    except PermissionError:
+        if not flags & os.O_NOATIME:
+            raise
+        return os.open(path, flags & ~os.O_NOATIME)
 
 
 def _reopen(fd: int) -> int:
@@ -868,7 +907,8 @@ class Volume:
         # makes the PACS die with SIGBUS.
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         self.check_config()
-        fd = os.open(self.backing_path(path), (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW)
+        fd = _open_backing(self.backing_path(path),
+                           (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW | (flags & os.O_NOATIME))
         try:
             handle = self._attach(fd, flags)
         except BaseException:

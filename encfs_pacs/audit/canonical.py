@@ -38,6 +38,8 @@ def canonical(value: Any) -> bytes:
     decoded with surrogateescape): it has no UTF-8 form, so it cannot be hashed reproducibly.
     """
     text = _dumps_fast(value)
+    if text.isascii():  # nearly every record; a C scan, where max(raw) cost 8 us per record
+        return text.encode("ascii")
     try:
         raw = text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -45,7 +47,7 @@ def canonical(value: Any) -> bytes:
                          "pass file names through encfs_pacs.audit.text()") from None
     # Python sorts names by code point, RFC 8785 by UTF-16 unit; they differ only when names
     # hold characters >= U+E000 (UTF-8 lead bytes 0xEE..0xF4). Rare, so check the bytes.
-    if raw and max(raw) >= 0xEE:
+    if max(raw) >= 0xEE:
         raw = _exact(value).encode("utf-8")
     return raw
 

@@ -105,12 +105,18 @@ class DicomTagCache:
 
     def _read(self, path: str) -> dict[str, str] | None:
         try:
-            handle = self._volume.open(path, os.O_RDONLY)
+            # O_NOATIME: looking up the patient for the audit trail is not an access by a
+            # program, and must not change the file's atime (touch -m keeps it, say).
+            handle = self._volume.open(path, os.O_RDONLY | os.O_NOATIME)
         except Exception as exc:  # gone, damaged, a special file: no tags, but never a crash
             log.debug("no DICOM tags for %s: %s", path, exc)
             return None
         try:
-            size = int(handle.stat()["st_size"])
+            # Most files a non-PACS program writes are not DICOM: sniff the preamble with one
+            # read before building the buffered stream pydicom needs.
+            if not looks_like_dicom(handle.read(PREAMBLE_BYTES, 0)):
+                return None
+            size = handle.state.size
             return parse_tags(io.BufferedReader(_PlainReader(handle, size, path), buffer_size=16384))
         except Exception as exc:
             log.info("no DICOM tags for %s: %s", path, exc)

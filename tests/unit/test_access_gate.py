@@ -169,6 +169,20 @@ def test_no_policy_allows_everyone_without_records() -> None:
     assert audit == []
 
 
+def test_no_policy_and_no_audit_trail_reads_no_identity() -> None:
+    class Refuse:
+        def resolve(self, *args: Any) -> Caller:
+            raise AssertionError("/proc read although nothing needs the caller's identity")
+
+    gate = AccessGate(PolicyHolder(None, NullAudit().append), NullAudit(), allow_all=True,
+                      resolver=Refuse())  # type: ignore[arg-type]
+    for op in (Op.CREATE, Op.READ, Op.DELETE, Op.STAT):
+        assert gate.authorize((0, 0, 4242), op, "/db/1.dcm").decision.allowed
+    gate.audit = []  # type: ignore[assignment]  # an audit trail (as the mount sets it): needed again
+    with pytest.raises(AssertionError, match="/proc read"):
+        gate.authorize((0, 0, 4242), Op.CREATE, "/db/1.dcm")
+
+
 def test_open_gate_without_a_policy_is_no_policy() -> None:
     audit: list[dict[str, Any]] = []
     gate = open_gate(None, audit)

@@ -95,3 +95,14 @@ def test_only_the_header_is_read(volume: store.Volume, tmp_path: Path) -> None:
     volume.open = counting_open  # type: ignore[method-assign]
     assert DicomTagCache(volume).tags("/big.dcm")["Modality"] == "CT"
     assert sum(reads) < 1 << 20
+
+
+@pytest.mark.parametrize("data", [b"not an image" * 100, b"\0" * 128 + b"DICM" + b"\0" * 64])
+def test_the_lookup_leaves_the_atime_alone(volume: store.Volume, data: bytes) -> None:
+    """The audit trail's own header read is not an access: an old atime stays (relatime
+    would otherwise set it to now, as `touch -m` + stat showed)."""
+    put(volume, "/f", data)
+    backing = volume.backing_path("/f")
+    os.utime(backing, ns=(1_000_000_001_123_456_789, 1_100_000_002_987_654_321))
+    DicomTagCache(volume).tags("/f")
+    assert os.stat(backing).st_atime_ns == 1_000_000_001_123_456_789
