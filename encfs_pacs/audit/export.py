@@ -3,7 +3,7 @@
 Event codes follow DICOM PS3.15 Annex A.5 / IHE ATNA (code system DCM): file accesses are
 110103 "DICOM Instances Accessed" with action C/R/U/D, mount/unmount 110100 "Application
 Activity" (110120 start / 110121 stop), denials, alerts and policy or key changes 110113
-"Security Alert". 110105 "DICOM Study Deleted" is not used: deleting one file is not
+"Security Alert", the import/export commands 110107 "Import" / 110106 "Export". 110105 "DICOM Study Deleted" is not used: deleting one file is not
 deleting a study, and the log cannot tell when a study's last instance is gone.
 """
 
@@ -64,10 +64,12 @@ ACTIVITY, START, STOP = ("110100", "Application Activity"), ("110120", "Applicat
     ("110121", "Application Stop")
 ACCESSED, ALERT = ("110103", "DICOM Instances Accessed"), ("110113", "Security Alert")
 SECURITY_CONFIGURATION = ("110129", "Security Configuration")
+# Whole-volume transfers by the maintenance commands (DICOM's own event types for them).
+IMPORT, EXPORT = ("110107", "Import"), ("110106", "Export")
 _CONFIG_EVENTS = frozenset({"policy-load", "policy-reload", "policy-change", "policy-rejected", "key-change",
                             # maintenance commands' key events (recorded from the audit spool)
                             "volume-created", "volume-key-changed", "recovery-key-created",
-                            "recovery-key-checked", "recovery-key-used"})
+                            "recovery-key-checked", "recovery-key-used", "policy-edit"})
 _ALERT_EVENTS = frozenset({"security-alert", "integrity-failure"})
 
 
@@ -97,6 +99,10 @@ def _classify(record: Record) -> tuple[tuple[str, str], tuple[str, str] | None, 
         return ACTIVITY, STOP, "E"
     if event in _CONFIG_EVENTS:
         return ALERT, SECURITY_CONFIGURATION, "E"
+    if event == "volume-import":
+        return IMPORT, None, "C"
+    if event == "volume-export":
+        return EXPORT, None, "R"
     if record.get("alert") or event in _ALERT_EVENTS or record.get("outcome") in DENIED_OUTCOMES:
         return ALERT, None, "E"
     return ACCESSED, None, _action(record)

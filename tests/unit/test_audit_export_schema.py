@@ -61,11 +61,32 @@ def hostile() -> list[dict[str, Any]]:
              "lost": 4}]
 
 
+def maintenance() -> list[dict[str, Any]]:
+    """Events of maintenance commands as the audit spool delivers them (who ran it, no file)."""
+    who = {"uid": 0, "user": "root", "loginuid": 1000, "session": 3}
+    spool = {"id": "a" * 32, "file": "x.json", "authenticated": True}
+    return [{"event": "volume-import", "outcome": "success", "who": who, "spool": spool,
+             "files": 3, "bytes": 1536, "source": "/srv/plain-pacs"},
+            {"event": "volume-export", "outcome": "success", "who": who, "spool": spool,
+             "files": 3, "destination": "/srv/exit"},
+            {"event": "policy-edit", "outcome": "success", "who": who, "action": "add",
+             "rule": {"id": "viewer"}, "spool": {**spool, "authenticated": False}}]
+
+
+def test_maintenance_transfers_use_dicoms_import_and_export_event_ids(records: list[dict]) -> None:
+    by_event = {r["event"]: r for r in records}
+    ids = {name: lxml_etree.fromstring(export.atna_message(by_event[name], "pacs1").encode("utf-8"))
+           .find("EventIdentification/EventID").get("csd-code")
+           for name in ("volume-import", "volume-export", "policy-edit")}
+    assert ids == {"volume-import": "110107", "volume-export": "110106", "policy-edit": "110113"}
+
+
 @pytest.fixture
 def records(tmp_path: Path) -> list[dict[str, Any]]:
     payloads = [*sample_payloads(), {"event": "unmount", "outcome": "allowed",
                                      "program": {"pid": 100, "exe": "/usr/bin/python3"}},
-                access("orthanc", "/usr/sbin/Orthanc", "P1", event="delete", op="delete"), *hostile()]
+                access("orthanc", "/usr/sbin/Orthanc", "P1", event="delete", op="delete"),
+                *maintenance(), *hostile()]
     log = write_log(tmp_path, [(MONDAY + timedelta(seconds=i), p) for i, p in enumerate(payloads)])
     loaded = query.load([log])
     assert loaded.problem is None and len(loaded.records) == len(payloads)
