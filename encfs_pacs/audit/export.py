@@ -3,8 +3,9 @@
 Event codes follow DICOM PS3.15 Annex A.5 / IHE ATNA (code system DCM): file accesses are
 110103 "DICOM Instances Accessed" with action C/R/U/D, mount/unmount 110100 "Application
 Activity" (110120 start / 110121 stop), denials, alerts and policy or key changes 110113
-"Security Alert", the import/export commands 110107 "Import" / 110106 "Export". 110105 "DICOM Study Deleted" is not used: deleting one file is not
-deleting a study, and the log cannot tell when a study's last instance is gone.
+"Security Alert", the import/export commands 110107 "Import" / 110106 "Export".
+110105 "DICOM Study Deleted" is not used: deleting one file is not deleting a study, and the
+log cannot tell when a study's last instance is gone.
 """
 
 from __future__ import annotations
