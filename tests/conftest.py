@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from syslog_collector import RSYSLOG_MISSING, Collector, rsyslogd_path, running_rsyslog
 
 from encfs_pacs.fs.mount import mounted_fuse_filesystems
 
@@ -152,6 +153,15 @@ class Mounted:
             return self.log_file.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path) -> Iterator[Collector]:
+    """A real rsyslogd on 127.0.0.1 (udp and tcp) writing what it receives to a file."""
+    if rsyslogd_path() is None:
+        pytest.skip(RSYSLOG_MISSING)
+    with running_rsyslog(tmp_path / "rsyslog") as collector:
+        yield collector
 
 
 @pytest.fixture

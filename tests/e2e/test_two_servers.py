@@ -32,7 +32,7 @@ import pydicom
 import pytest
 from conftest import Mounted, run_cli
 from softhsm import Hsm, softhsm_token, softhsm_unavailable
-from syslog_collector import RSYSLOG_MISSING, Collector, rsyslogd_path, running_rsyslog
+from syslog_collector import Collector
 
 from .conftest import ORTHANC, PYTHON, NetNamespace, read, running_orthanc, site_policy, unmount_all
 from .pacs import tool
@@ -68,15 +68,7 @@ def hsm(tmp_path: Path) -> Iterator[Hsm]:
 
 
 @pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    if rsyslogd_path() is None:
-        pytest.skip(RSYSLOG_MISSING)
-    with running_rsyslog(tmp_path / "rsyslog") as running:
-        yield running
-
-
-@pytest.fixture
-def servers(tmp_path: Path, hsm: Hsm, collector: Collector) -> Iterator[Servers]:
+def servers(tmp_path: Path, hsm: Hsm, rsyslog: Collector) -> Iterator[Servers]:
     """The volume, keyed by the HSM, mounted by ACQ and WAS (torn down before the collector
     and the token: the fixtures it depends on)."""
     backing = tmp_path / "nas"
@@ -94,7 +86,7 @@ def servers(tmp_path: Path, hsm: Hsm, collector: Collector) -> Iterator[Servers]
                 kms=hsm.mount_uri(), policy_file=site_policy(disk / "etc" / "policy.toml", POLICIES[host]),
                 audit_log=disk / "log" / host / "audit.jsonl",
                 extra_args=("--shared-storage", "--audit-host", host,
-                            "--syslog", collector.target("tcp"), "--syslog-hostname", host)))
+                            "--syslog", rsyslog.target("tcp"), "--syslog-hostname", host)))
             made[-1].mountpoint.mkdir()
             made[-1].mount()
         yield Servers(backing, tmp_path, *made)
@@ -104,7 +96,7 @@ def servers(tmp_path: Path, hsm: Hsm, collector: Collector) -> Iterator[Servers]
             pytest.fail("\n".join(problems), pytrace=False)
 
 
-def test_acq_stores_was_reads_one_merged_verified_audit_view(servers: Servers, collector: Collector,
+def test_acq_stores_was_reads_one_merged_verified_audit_view(servers: Servers, rsyslog: Collector,
                                                               netns: NetNamespace) -> None:
     acq_root, was_root = servers.acq.mountpoint / "orthanc", servers.was.mountpoint / "orthanc"
     sources = [pydicom_sample(name) for name in SAMPLES]
@@ -120,7 +112,7 @@ def test_acq_stores_was_reads_one_merged_verified_audit_view(servers: Servers, c
     servers.was.unmount()
 
     central = servers.workdir / "central"
-    _collect_when_complete(servers, collector, central)
+    _collect_when_complete(servers, rsyslog, central)
     anchors = {host: run_cli("audit", "anchor", servers.backing, "--host", host).stdout.strip()
                for host in HOSTS}
     assert anchors["acq"] != anchors["was"]

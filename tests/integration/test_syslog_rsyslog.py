@@ -13,22 +13,14 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import OPEN_POLICY, PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, run_cli, write_policy
-from syslog_collector import RSYSLOG_MISSING, Collector, free_port, rsyslogd_path, running_rsyslog
+from syslog_collector import Collector, free_port
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def rsyslog(tmp_path: Path) -> Iterator[Collector]:
-    if rsyslogd_path() is None:
-        pytest.skip(RSYSLOG_MISSING)
-    with running_rsyslog(tmp_path / "rsyslog") as collector:
-        yield collector
 
 
 def work_on_files(mountpoint: Path) -> None:

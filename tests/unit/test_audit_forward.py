@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +34,10 @@ from encfs_pacs.audit.forward import (
     sd_escape,
 )
 
-from .auditkit import FIXTURE_MASTER_KEY, make_backing
+from .auditkit import FIXTURE_MASTER_KEY, make_backing, wait_for
 
 LINE = (b'{"event":"open","mono_ns":5,"object":{"path":"/PAT-1/\xc3\xa9.dcm"},"outcome":"allowed","prev":"'
         + b"0" * 64 + b'","seq":7,"time":"2026-11-30T10:15:00.123456Z","hash":"' + b"a" * 64 + b'"}')
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 # ---------------------------------------------------------------------------- targets

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,16 @@ from encfs_pacs.audit.signing import KeyStore, key_store_path
 from encfs_pacs.audit.writer import AuditLog
 from encfs_pacs.errors import AuditUnavailable
 
-from .auditkit import FIXTURE_MASTER_KEY, fixed_hooks, kind, lines_of, make_backing, open_fixed, records_of
+from .auditkit import (
+    FIXTURE_MASTER_KEY,
+    fixed_hooks,
+    kind,
+    lines_of,
+    make_backing,
+    open_fixed,
+    records_of,
+    wait_for,
+)
 
 MK = FIXTURE_MASTER_KEY
 
@@ -52,15 +61,6 @@ def anchor_of(backing: Path) -> bytes:
 def payload(n: int, **extra: Any) -> dict[str, Any]:
     return {"event": "open", "outcome": "allowed", "op": "read", "object": {"path": f"/s/{n}.dcm",
                                                                             "inode": n}, **extra}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def control_records(path: Path, type_: str) -> list[dict[str, Any]]:
