@@ -252,7 +252,7 @@ def _sd_element(text: str) -> tuple[str, dict[str, str], str]:
     if end_id < 0:
         raise ValueError("unterminated SD-ELEMENT")
     name, i, params = text[1:end_id], end_id, {}
-    while text[i] == " ":
+    while i < len(text) and text[i] == " ":
         eq = text.find('="', i)
         if eq < 0:
             raise ValueError(f"bad SD-PARAM in [{name} ...]")
@@ -266,7 +266,7 @@ def _sd_element(text: str) -> tuple[str, dict[str, str], str]:
             raise ValueError(f"unterminated value of {key} in [{name} ...]")
         params[key] = "".join(value)
         i += 1
-    if text[i] != "]":
+    if i >= len(text) or text[i] != "]":
         raise ValueError(f"SD-ELEMENT [{name} ...] does not end with ']'")
     return name, params, text[i + 1:]
 

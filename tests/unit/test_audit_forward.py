@@ -107,6 +107,15 @@ def test_sd_values_are_escaped_and_parse_back() -> None:
     assert parsed.msg == line and parsed.hostname == "host" and parsed.msgid == "audit"
 
 
+def test_a_message_cut_inside_its_structured_data_is_a_parse_error() -> None:
+    """What `audit collect` catches (ValueError), never an IndexError from reading past the end."""
+    message, _ = format_audit(b'{"event":"x","seq":1,"hash":"h"}', "chain", "host", "1")
+    head = message[:message.index(b"[")]
+    for cut in (b'[encfs-pacs@32473 seq="1"', b'[encfs-pacs@32473 seq="1" ', b"[encfs-pacs@32473"):
+        with pytest.raises(ValueError):
+            parse_message(head + cut)
+
+
 def test_bad_or_missing_time_is_nil() -> None:
     line = json.dumps({"event": "x", "seq": 1, "hash": "h", "time": "yesterday"}).encode()
     assert format_audit(line, "c", "h", "1")[0].startswith(b"<86>1 - h encfs-pacs 1 audit [")
