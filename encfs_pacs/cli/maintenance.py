@@ -90,17 +90,13 @@ def record(event: dict[str, Any]) -> None:
     click.echo(f"audit: {audit_event(event)}", err=True)
 
 
-def unlocked_with(passphrase_file: Path | None, keyfile: Path | None, recovery_key_file: Path | None) -> str:
-    if recovery_key_file is not None:
-        return rekey.RECOVERY
-    return "keyfile" if keyfile is not None else "passphrase"
-
-
 def unlock(backing: Path, passphrase_file: Path | None, keyfile: Path | None,
-           recovery_key_file: Path | None, kms: str | None = None) -> store.Volume:
+           recovery_key_file: Path | None, kms: str | None = None) -> tuple[store.Volume, str]:
+    """The unlocked volume, and what unlocked it (passphrase, keyfile, pkcs11, kmip, recovery
+    key) for the command's audit event."""
     store.read_config(backing)  # a missing or foreign volume is reported before any prompt
     old = current_secret(backing, passphrase_file, keyfile, recovery_key_file, kms)
-    return rekey.open_volume(backing, old)
+    return rekey.open_volume(backing, old), old.kind
 
 
 # ---------------------------------------------------------------------------- progress
@@ -367,14 +363,14 @@ def import_command(plain_dir: Path, backing: Path, passphrase_file: Path | None,
       encfs-pacs init /srv/pacs-encrypted --passphrase-file /root/pacs.pass
       encfs-pacs import /var/lib/orthanc/db /srv/pacs-encrypted --passphrase-file /root/pacs.pass
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    volume, unlocked_with = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     summary = importer.import_tree(plain_dir, volume, remove_source=remove_source,
                                    replace_changed=replace_changed,
                                    progress=progress_for("importing", json_output))
     _print_summary(summary, "imported", json_output)
     _finish_transfer(summary, "imported", volume, "volume-import", source=str(plain_dir.absolute()),
                      remove_source=remove_source, sources_removed=summary.sources_removed,
-                     unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file))
+                     unlocked_with=unlocked_with)
 
 
 @click.command("export")
@@ -397,12 +393,12 @@ def export_command(backing: Path, dest: Path, passphrase_file: Path | None, keyf
     Example:
       encfs-pacs export /srv/pacs-encrypted /mnt/migration/pacs --passphrase-file /root/pacs.pass
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    volume, unlocked_with = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     summary = exporter.export_volume(volume, dest, resume=resume,
                                      progress=progress_for("exporting", json_output))
     _print_summary(summary, "exported", json_output)
     _finish_transfer(summary, "exported", volume, "volume-export", destination=str(dest.absolute()),
-                     unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file))
+                     unlocked_with=unlocked_with)
 
 
 # ---------------------------------------------------------------------------- fsck
@@ -450,7 +446,7 @@ def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | No
     Example:
       encfs-pacs fsck /srv/pacs-encrypted --passphrase-file /root/pacs.pass --json
     """
-    volume = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
+    volume, unlocked_with = unlock(backing, passphrase_file, keyfile, recovery_key_file, kms)
     progress = progress_for("checking", json_output)
     moved: list[str] = []
     if quarantine is None:
@@ -466,7 +462,7 @@ def fsck_command(backing: Path, passphrase_file: Path | None, keyfile: Path | No
     record(authenticate(make_event("volume-checked", outcome="clean" if result.clean else "damaged",
                                    backing=str(backing.absolute()), damaged=len(result.damaged),
                                    leftovers=len(result.leftovers), quarantined=moved,
-                                   unlocked_with=unlocked_with(passphrase_file, keyfile, recovery_key_file)),
+                                   unlocked_with=unlocked_with),
                         volume.master_key))
     if not result.clean:
         where = f"; {len(moved)} moved to {quarantine}" if moved else ""

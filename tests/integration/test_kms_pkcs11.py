@@ -15,6 +15,8 @@ import pytest
 from conftest import Mounted, is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
 from softhsm import KEY_LABEL, PIN, TOKEN, Hsm, softhsm_token, softhsm_unavailable  # tests/softhsm.py
 
+from encfs_pacs.audit.spool import spool_path
+
 from .test_cli import assert_clean_error
 
 pytestmark = pytest.mark.integration
@@ -159,6 +161,9 @@ def test_passwd_moves_a_passphrase_volume_into_the_hsm_and_maintenance_uses_it(
                                "--no-audit", check=False), 2, "pkcs11 key service")
     fsck = run_cli("fsck", backing, "--kms", hsm.mount_uri(), "--json")
     assert fsck.returncode == 0
+    queued = [json.loads(f.read_text())["payload"] for f in spool_path(backing).iterdir()]
+    checked = [event for event in queued if event["event"] == "volume-checked"]
+    assert [event["unlocked_with"] for event in checked] == ["pkcs11"]  # not "passphrase"
     shares = run_cli("recovery-key", "create", backing, "--kms", hsm.mount_uri()).stdout
     assert "RECOVERY KEY" in shares
     recovery = tmp_path / "recovery.txt"
