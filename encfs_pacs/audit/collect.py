@@ -14,13 +14,12 @@ messages cut to fit a UDP datagram (``truncated``) cannot be verified and are sk
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..durable import fsync_dir
+from ..durable import fsync_dir, write_file_atomically
 from .forward import APP_NAME, MSGID_AUDIT, SD_ID, parse_message
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.@+-]")
@@ -128,7 +127,9 @@ def collect(source: Path, outdir: Path) -> CollectReport:
         _make_private_dir(folder)
         for lines in split_files(received, report):
             path = folder / f"{host_folder(chain)}-{lines[0].seq:012d}.audit.jsonl"
-            _write_private(path, b"".join(line.raw + b"\n" for line in lines))
+            # Atomic: a crash or a re-run never leaves a half file that verify would call tampered.
+            data = b"".join(line.raw + b"\n" for line in lines)
+            write_file_atomically(path, data, 0o600, sync_folder=False)
             report.files.setdefault(host, []).append(path)
             report.records += len(lines)
         fsync_dir(folder)
@@ -137,11 +138,3 @@ def collect(source: Path, outdir: Path) -> CollectReport:
 
 def _make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())

@@ -426,5 +426,6 @@ def export_command(ctx: click.Context, logs: tuple[Path, ...], fmt: str, output:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        # Whole or not at all, and 0600 like the monthly report: the export names patients.
+        durable.write_file_atomically(output, text.encode("utf-8"), 0o600)
     _finish(ctx, loaded)

@@ -310,6 +310,7 @@ def test_cli_export(sample_log: Path, tmp_path: Path) -> None:
     result = cli("export", "--format", "fhir", sample_log, "--output", out, "--observer", "pacs1")
     assert result.returncode == 0, result.stderr
     bundle = json.loads(out.read_text())
+    assert out.stat().st_mode & 0o777 == 0o600  # it names patients, whatever the umask
     assert len(bundle["entry"]) == len(sample_payloads()) + 2
     assert bundle["entry"][0]["resource"]["source"]["observer"] == {"display": "pacs1"}
     as_csv = cli("export", "--format", "csv", sample_log)
