@@ -64,8 +64,8 @@ class EnrichingAudit:
             return
         if not self._fail_open:
             # The writer keeps records in memory meanwhile (it runs in its fail-open mode for
-            # that); its message says so, which is not what the refused caller needs to read.
-            reason = str(failure).split("; records are kept in memory", 1)[0]
+            # that); its failure names only the cause, which is what the refused caller needs.
+            reason = str(failure)
             if not self._refusal_logged:
                 self._refusal_logged = True
                 log.error("file access is refused until the audit log can be written again (fail-closed)")

@@ -100,9 +100,10 @@ def _explain(exc: OSError, path: Path, fail_open: bool = False) -> str:
     }
     why = reasons.get(exc.errno or 0, exc.strerror or str(exc))
     if fail_open:
-        # Only what the writer itself does: whether file access goes on is the caller's choice
-        # (the mount keeps this mode for buffering and refuses access itself when fail-closed).
-        return f"the audit log {path} cannot be written ({why}); records are kept in memory until it can be"
+        # Only the cause: whether file access goes on is the caller's choice (the mount keeps
+        # this mode for buffering and refuses access itself when fail-closed); the writer's own
+        # log line adds that records are kept in memory.
+        return f"the audit log {path} cannot be written ({why})"
     return (f"the audit log {path} cannot be written ({why}); file operations are refused until it can "
             "be (fail-closed; mount with --audit-fail-open to keep serving without a complete log)")
 
@@ -530,7 +531,8 @@ class AuditLog:
                 self._failure_since = utc_text(self._hooks.clock())
                 self._refused = 0
         if first:
-            log.error("%s", error)
+            buffering = self.settings.fail_open and not self._fsync_broken
+            log.error("%s%s", error, "; records are kept in memory until it can be" if buffering else "")
 
     def _recovered(self) -> None:
         if self._failure is None or self._fsync_broken:

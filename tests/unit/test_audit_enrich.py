@@ -99,8 +99,7 @@ def test_a_buffering_writer_outage_refuses_access_and_says_so_once(caplog: pytes
     writer = FakeWriter()
     sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
     writer.failed = AuditUnavailable(  # type: ignore[attr-defined]
-        "the audit log /l cannot be written (the disk holding it is full: free space); "
-        "records are kept in memory until it can be")
+        "the audit log /l cannot be written (the disk holding it is full: free space)")
     for _ in range(3):
         with pytest.raises(AuditUnavailable) as refused:
             sink.check()
