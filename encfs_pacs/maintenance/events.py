@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..audit.records import utc_text
 from ..audit.spool import PICKUP_SECONDS, Queued, ingester_running, queue_event, wait_until_ingested
 
 log = logging.getLogger("encfs_pacs.audit.spool")
@@ -72,7 +73,7 @@ def make_event(event: str, *, backing: str | Path | None = None, outcome: str = 
     payload = Event({"event": event, "outcome": outcome, "who": _who(),
                      "program": {"pid": os.getpid(), "exe": sys.executable,
                                  "command": "encfs-pacs"},
-                     "queued_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), **fields})
+                     "queued_at": utc_text(datetime.now(UTC)), **fields})
     if backing is not None:
         payload["object"] = {"backing": os.path.abspath(backing)}
     if fields.get("unlocked_with") == RECOVERY_KEY:
