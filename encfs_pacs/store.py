@@ -5,9 +5,11 @@ plain Python values and raises exceptions (OSError from the backing file system,
 EncfsPacsError such as IntegrityError); the FUSE adapter maps those to errno values.
 
 Concurrency: every open backing inode has one ``FileState`` shared by all handles and hard
-links to it. Its lock serialises read-modify-write of chunks *and* reads, so a reader never
+links to it. Its lock serialises read-modify-write of chunks against reads, so a reader never
 sees half of a rewritten chunk, and its cached plaintext size stays exact while the file is
-open. Different files never contend.
+open. On a single-host mount readers of one inode run side by side (``FileState.readers``,
+the kernel's readahead sends several at once) and a writer waits for them and runs alone.
+Different files never contend.
 
 Shared storage (``Volume.enable_shared_storage``, docs/shared-storage.md): when other mounts,
 possibly on other hosts, use the same backing folder, every read and write also takes an
@@ -357,8 +359,13 @@ class FileState:
     def refresh(self, st: os.stat_result) -> None:
         """Shared storage, under the file lock: forget what another mount has changed since."""
         if signature(st) != self.seen:
-            self.load(st)
-            self._cipher = None  # an O_TRUNC elsewhere gave the file a new file ID and header
+            self.reload(st)
+
+    def reload(self, st: os.stat_result) -> None:
+        """Size and header from the backing file again (an O_TRUNC elsewhere gave the file a
+        new file ID and header)."""
+        self.load(st)
+        self.reset_cipher(None, b"")
 
     def size_for(self, st: os.stat_result) -> int | None:
         """The cached size if it still describes ``st`` (always so on a single-host mount)."""
@@ -470,8 +477,7 @@ class OpenFile:
                     raise
                 # Maybe a same-tick rewrite elsewhere (see FileState.recheck_header) left us a
                 # stale size or file ID: read everything again once; real damage fails again.
-                self.state.load(os.fstat(self.fd))
-                self.state.reset_cipher(None, b"")
+                self.state.reload(os.fstat(self.fd))
                 return self._read_locked(size, offset)
 
     def _read_locked(self, size: int, offset: int) -> bytes:
@@ -770,10 +776,12 @@ class Volume:
         st = os.fstat(handle.fd)
         key, now = (st.st_dev, st.st_ino, path), time.time_ns()
         mark = self._cache_marks.get(key)
-        quiet_since = now if mark is None else mark[1] - CACHE_QUIET_NS
-        if (mark is not None and mark[0] == signature(st)
-                and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since):
-            return True
+        if mark is not None:
+            seen, taken = mark
+            quiet_since = taken - CACHE_QUIET_NS
+            # mtime too, not only ctime: `touch -d <future>` can put mtime after ctime.
+            if seen == signature(st) and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since:
+                return True
         if len(self._cache_marks) >= CACHE_MARKS_MAX:
             self._cache_marks.clear()
         self._cache_marks[key] = (signature(st), now)
