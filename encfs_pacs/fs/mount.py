@@ -39,6 +39,8 @@ READY_TIMEOUT_SECONDS = 60.0
 # arrives as 128 KiB requests, each a Python round trip. 1 MiB requests read a cold 512 MiB file
 # about twice as fast here (docs/performance.md); more gained nothing. Root only (sysfs).
 READ_AHEAD_KB = 1024
+# libfuse worker threads: enough for a PACS's parallel readers and writers.
+FUSE_WORKERS = 16
 
 
 # ---------------------------------------------------------------------------- mount table
@@ -258,6 +260,25 @@ def start_spool(volume: Volume, audit: EnrichingAudit, audit_log: Path) -> Spool
     return ingester
 
 
+def fuse_options(volume: Volume, as_root: bool) -> dict[str, object]:
+    """The libfuse mount options of a volume's mount."""
+    options: dict[str, object] = {
+        "fsname": str(volume.backing).replace(",", "_"),
+        "subtype": "encfs-pacs",
+        # The kernel enforces file modes against the *calling* user, so a root daemon serving a
+        # PACS service user does not turn every file world-writable.
+        "default_permissions": True,
+        # libfuse 3.14 rejects its own "unset" idle-thread default with a warning on every
+        # mount; explicit limits silence it. Idle workers are kept, not ended and restarted:
+        # each keeps its Python thread state (fs/_binding.py), ~50 µs saved on every request.
+        "max_threads": FUSE_WORKERS,
+        "max_idle_threads": FUSE_WORKERS,
+    }
+    if as_root:
+        options["allow_other"] = True  # the PACS runs as its own user, not as root
+    return options
+
+
 def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable[[], None] | None = None,
           audit_log: Path | None = None, audit_fail_open: bool = False, syslog: str | None = None,
           syslog_hostname: str | None = None, audit_host: str | None = None) -> None:
@@ -305,19 +326,7 @@ def _serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callabl
         log.info("removed %d unlinked file(s) left open by a previous mount that did not end cleanly", stale)
     kind = SharedStorageOperations if volume.shared else EncryptedOperations
     operations = kind(volume, gate, on_ready=ready, set_owner=as_root)
-    options: dict[str, object] = {
-        "fsname": str(volume.backing).replace(",", "_"),
-        "subtype": "encfs-pacs",
-        # The kernel enforces file modes against the *calling* user, so a root daemon serving a
-        # PACS service user does not turn every file world-writable.
-        "default_permissions": True,
-        # libfuse 3.14 rejects its own "unset" idle-thread default with a warning on every
-        # mount; explicit limits silence it. 16 workers cover a PACS's parallel readers.
-        "max_threads": 16,
-        "max_idle_threads": 8,
-    }
-    if as_root:
-        options["allow_other"] = True  # the PACS runs as its own user, not as root
+    options = fuse_options(volume, as_root)
     try:
         EncfsFUSE(operations, os.path.abspath(mountpoint), raw_fi=True, foreground=True, **options)
     except RuntimeError as exc:

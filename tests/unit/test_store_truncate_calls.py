@@ -1,0 +1,59 @@
+"""A new file is not truncated on the backing disk; a file with content is (store._reset_to_empty).
+
+ext4 takes a truncate to 0 as "this file is being replaced" and writes the data out at close
+(auto_da_alloc): truncating every new file cost a disk write per created file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from encfs_pacs import store
+
+SECRET = store.Secret("passphrase", b"pw")
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> store.Volume:
+    store.create_volume(tmp_path / "b", SECRET, chunk_size=4096, scrypt_log_n=10)
+    return store.unlock(tmp_path / "b", SECRET)
+
+
+@pytest.fixture
+def truncations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.ftruncate
+
+    def counting(fd: int, length: int) -> None:
+        calls.append(length)
+        real(fd, length)
+
+    monkeypatch.setattr(os, "ftruncate", counting)
+    return calls
+
+
+def test_create_does_not_truncate_the_new_backing_file(volume: store.Volume, truncations: list[int]) -> None:
+    handle = volume.create("/new.dcm", 0o600, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    handle.write(b"image", 0)
+    handle.close()
+    assert truncations == []
+    reopened = volume.open("/new.dcm", os.O_RDONLY)
+    assert reopened.read(100, 0) == b"image"
+    reopened.close()
+
+
+def test_o_trunc_of_a_file_with_content_cuts_it(volume: store.Volume, truncations: list[int]) -> None:
+    handle = volume.create("/old.dcm", 0o600, os.O_RDWR)
+    handle.write(os.urandom(20_000), 0)  # several chunks: the rewrite alone would leave a tail
+    handle.close()
+    backing_before = os.path.getsize(volume.backing_path("/old.dcm"))
+    handle = volume.open("/old.dcm", os.O_RDWR | os.O_TRUNC)
+    handle.write(b"new", 0)
+    handle.close()
+    assert truncations == [0]
+    assert os.path.getsize(volume.backing_path("/old.dcm")) < backing_before
+    reopened = volume.open("/old.dcm", os.O_RDONLY)
+    assert reopened.read(100, 0) == b"new"
+    reopened.close()
