@@ -974,18 +974,18 @@ class Volume:
         ``only_if_blank``: leave a file alone that already has a header (shared-storage create)."""
         state = handle.state
         with handle._locked(write=True):
-            backing_size = os.fstat(handle.fd).st_size
-            if only_if_blank and backing_size != 0:
+            if only_if_blank and os.fstat(handle.fd).st_size != 0:
                 return
             file_id = new_file_id()
             cipher = self.cipher_for(file_id)
             header = encode_header(file_id)
-            if backing_size:
-                # Only a file with content is cut: ext4 takes a truncate to 0 as "this file is
-                # being replaced" and starts writing its data out at close (auto_da_alloc).
-                # On every new file that was a disk write per close, and creates queued
-                # behind it (release 50 -> 12 µs of daemon time per new file).
-                os.ftruncate(handle.fd, 0)
+            # Also on a new, empty file, deliberately: ext4 takes a truncate to 0 as "this file
+            # is being replaced" and starts writing it out at its last close (auto_da_alloc).
+            # Without it a new file's blocks wait for writeback (~30 s), and a power loss in
+            # that window leaves a 0-byte backing file, which reads as damaged (EIO, integrity
+            # alert). Skipping it saved daemon time per create but no measurable throughput
+            # (docs/performance.md, "Tried, and dropped").
+            os.ftruncate(handle.fd, 0)
             handle._pwrite_all(header + cipher.encrypt_chunk(0, b"", final=True), 0)
             state.reset_cipher(cipher, header)
             state.size = 0

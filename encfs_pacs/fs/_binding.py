@@ -37,17 +37,18 @@ def _timespec_ns(ts: mfusepy.c_timespec, now_ns: int) -> int | None:
 # a Python thread state on entry and destroys it on return: ~50 µs of every request here (a
 # stat of a missing name in a minimal mfusepy file system: 132 -> 75 µs per round trip). One
 # extra PyGILState_Ensure per worker, never released, keeps the state for the thread's life;
-# each callback then only takes and drops the GIL. libfuse ends no worker before the unmount
-# (max_idle_threads == max_threads, fs/mount.py), so no state outlives its thread until then.
+# each callback then only takes and drops the GIL. The flag lives in that thread state's own
+# dict (threading.local), so it is set exactly when the state is kept. A kept state is freed
+# only with the process: libfuse must not end workers while mounted (fs/mount.py FUSE_WORKERS).
+# Side effect: threading.local data now lasts from one request to the next on a worker.
 _gilstate_ensure = ctypes.pythonapi.PyGILState_Ensure
-_threads_keeping_state: set[int] = set()
+_kept = threading.local()
 
 
 def keep_python_thread_state() -> None:
     """Called first in every callback: the calling OS thread keeps its Python thread state."""
-    thread = threading.get_native_id()
-    if thread not in _threads_keeping_state:
-        _threads_keeping_state.add(thread)
+    if not getattr(_kept, "state", False):
+        _kept.state = True
         _gilstate_ensure()
 
 

@@ -39,7 +39,9 @@ READY_TIMEOUT_SECONDS = 60.0
 # arrives as 128 KiB requests, each a Python round trip. 1 MiB requests read a cold 512 MiB file
 # about twice as fast here (docs/performance.md); more gained nothing. Root only (sysfs).
 READ_AHEAD_KB = 1024
-# libfuse worker threads: enough for a PACS's parallel readers and writers.
+# libfuse worker threads: enough for a PACS's parallel readers and writers. Each keeps its Python
+# thread state for good (fs/_binding.py), so libfuse must never end one while mounted: its idle
+# limit is the same number (fuse_options).
 FUSE_WORKERS = 16
 
 

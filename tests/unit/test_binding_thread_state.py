@@ -1,4 +1,6 @@
-"""The FUSE binding keeps one Python thread state per libfuse worker (fs/_binding.py)."""
+"""The FUSE binding keeps one Python thread state per libfuse worker (fs/_binding.py).
+
+A real mount with C worker threads is in tests/integration/test_binding_threads.py."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ from typing import Any
 import pytest
 
 from encfs_pacs.fs import _binding
+from encfs_pacs.fs._binding import EncfsFUSE
 
 
 def test_each_thread_keeps_its_state_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(_binding, "_gilstate_ensure", lambda: calls.append(threading.get_native_id()))
-    monkeypatch.setattr(_binding, "_threads_keeping_state", set())
+    monkeypatch.setattr(_binding, "_kept", threading.local())
 
     def requests(count: int) -> None:
         for _ in range(count):
@@ -22,26 +25,25 @@ def test_each_thread_keeps_its_state_once(monkeypatch: pytest.MonkeyPatch) -> No
     workers = [threading.Thread(target=requests, args=(5,)) for _ in range(3)]
     for worker in workers:
         worker.start()
-        worker.join()  # one after another: the OS could reuse a finished thread's id otherwise
+        worker.join()
     requests(2)
     assert len(calls) == 4  # one per thread (three workers and this one), not one per request
     assert calls[-1] == threading.get_native_id()
 
 
-def test_the_extra_reference_really_keeps_a_state() -> None:
-    """The real PyGILState_Ensure on a Python thread: nested, so the state stays and the GIL
-    is handed back normally (the thread goes on running Python afterwards)."""
-    done = threading.Event()
+def test_every_callback_keeps_the_state_before_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The override of mfusepy's private ``_wrapper`` is really in the call path (a rename in
+    mfusepy would make it dead code), and it runs before the operation."""
+    order: list[str] = []
+    monkeypatch.setattr(_binding, "keep_python_thread_state", lambda: order.append("keep"))
+    fuse = object.__new__(EncfsFUSE)  # no mount: only the wrapper is exercised
 
-    def worker() -> None:
-        _binding.keep_python_thread_state()
-        _binding.keep_python_thread_state()
-        done.set()
+    def getattr_operation(path: bytes) -> int:
+        order.append(f"operation {path!r}")
+        return 7
 
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join(timeout=10)
-    assert done.is_set() and not thread.is_alive()
+    assert fuse._wrapper(getattr_operation, b"/x") == 7
+    assert order == ["keep", "operation b'/x'"]
 
 
 def test_workers_are_never_ended_while_mounted(tmp_path: Any) -> None:
