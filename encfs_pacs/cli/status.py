@@ -25,16 +25,9 @@ DENIAL_WINDOW = timedelta(hours=1)
 
 def _mount_table() -> dict[str, str]:
     """Mount point -> source (the backing folder, as the daemon's fsname) of encfs-pacs mounts."""
-    from ..fs.mount import _unescape_mountinfo
+    from ..fs.mount import mount_table
 
-    mounts: dict[str, str] = {}
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            left, _, right = line.partition(" - ")
-            fields = right.split(" ")
-            if fields[0] == FSTYPE and len(fields) > 1:
-                mounts[_unescape_mountinfo(left.split(" ")[4])] = _unescape_mountinfo(fields[1])
-    return mounts
+    return {entry.mountpoint: entry.source for entry in mount_table() if entry.fstype == FSTYPE}
 
 
 def _registry() -> dict[str, dict[str, Any]]:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..access import AccessGate
@@ -61,27 +62,39 @@ def _unescape_mountinfo(field: str) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo, the fields we use."""
+
+    device: str  # "major:minor"
+    mountpoint: str
+    fstype: str  # "fuse.encfs-pacs", "ext4", ...
+    source: str  # for our mounts the daemon's fsname: the backing folder
+
+
+def mount_table(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    """Every mount visible to this process, in the kernel's order (a later mount on the same
+    mount point hides the earlier ones)."""
+    entries = []
+    with open(path, encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.rstrip("\n").partition(" - ")
+            fields, tail = left.split(" "), right.split(" ")
+            entries.append(MountEntry(device=fields[2], mountpoint=_unescape_mountinfo(fields[4]),
+                                      fstype=tail[0],
+                                      source=_unescape_mountinfo(tail[1]) if len(tail) > 1 else ""))
+    return entries
+
+
 def mounted_fuse_filesystems() -> dict[str, str]:
     """Mount point -> file system type for every FUSE mount visible to this process."""
-    mounts: dict[str, str] = {}
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            left, _, right = line.partition(" - ")
-            fstype = right.split(" ", 1)[0]
-            if fstype.startswith("fuse"):
-                mounts[_unescape_mountinfo(left.split(" ")[4])] = fstype
-    return mounts
+    return {entry.mountpoint: entry.fstype for entry in mount_table() if entry.fstype.startswith("fuse")}
 
 
 def _mount_device(mountpoint: str) -> str | None:
     """The "major:minor" of the file system mounted on ``mountpoint`` (the last one there)."""
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            fields = line.split(" ")
-            if _unescape_mountinfo(fields[4]) == mountpoint:
-                found = fields[2]
-    return found
+    devices = [entry.device for entry in mount_table() if entry.mountpoint == mountpoint]
+    return devices[-1] if devices else None
 
 
 def raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
