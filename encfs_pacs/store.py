@@ -33,7 +33,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -417,16 +417,16 @@ class OpenFile:
         self.state = state
         self.append = bool(flags & os.O_APPEND)
         self.layout = volume.layout
+        # Chosen once per open, not per read or write: a volume is switched to shared storage
+        # before it is mounted, and the single-host flavour is one context manager less.
+        self._locked: Callable[..., contextlib.AbstractContextManager[None]] = (
+            self._locked_on_shared_storage if volume.shared else self._shared_or_exclusive)
 
     @contextlib.contextmanager
-    def _locked(self, write: bool) -> Iterator[None]:
-        """The inode's thread lock; on shared storage also the backing file's advisory lock,
-        under which the cached size and header are re-checked against the backing file."""
+    def _locked_on_shared_storage(self, write: bool) -> Iterator[None]:
+        """The inode's thread lock and the backing file's advisory lock, under which the
+        cached size and header are re-checked against the backing file."""
         state = self.state
-        if not self.volume.shared:
-            with self._shared_or_exclusive(write):
-                yield
-            return
         with state.lock:
             outer = state.lock_depth == 0
             if outer:
