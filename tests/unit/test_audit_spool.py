@@ -35,20 +35,10 @@ from encfs_pacs.audit.spool import (
 from encfs_pacs.crypto.keys import audit_spool_key
 from encfs_pacs.maintenance import events
 
-from .auditkit import FIXTURE_MASTER_KEY, make_backing
+from .auditkit import FIXTURE_MASTER_KEY
 
 MK = FIXTURE_MASTER_KEY
 OTHER_KEY = bytes(range(1, 33))
-
-
-@pytest.fixture
-def backing(tmp_path: Path) -> Path:
-    return make_backing(tmp_path)
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "logs" / "audit.log"
 
 
 @pytest.fixture

@@ -37,16 +37,6 @@ from .auditkit import (
 MK = FIXTURE_MASTER_KEY
 
 
-@pytest.fixture
-def backing(tmp_path: Path) -> Path:
-    return make_backing(tmp_path)
-
-
-@pytest.fixture
-def log_path(tmp_path: Path) -> Path:
-    return tmp_path / "logs" / "audit.log"
-
-
 def open_log(path: Path, backing: Path, **options: Any) -> AuditLog:
     options.setdefault("commit_interval", 0.02)
     return open_audit_log(path, backing, MK, **options)

@@ -17,14 +17,9 @@ import pytest
 from encfs_pacs.audit import AuditLog, iter_records, open_audit_log
 from encfs_pacs.audit.spool import SpoolIngester, queue_event, spool_path
 
-from .auditkit import FIXTURE_MASTER_KEY, make_backing
+from .auditkit import FIXTURE_MASTER_KEY
 
 MK = FIXTURE_MASTER_KEY
-
-
-@pytest.fixture
-def backing(tmp_path: Path) -> Path:
-    return make_backing(tmp_path)
 
 
 @pytest.fixture

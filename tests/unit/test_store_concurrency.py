@@ -11,14 +11,14 @@ import pytest
 
 from encfs_pacs import store
 
-SECRET = store.Secret("passphrase", b"pw")
+from .storekit import small_volume
+
 CHUNK = 4096
 
 
 @pytest.fixture
 def volume(tmp_path: Path) -> store.Volume:
-    store.create_volume(tmp_path / "b", SECRET, chunk_size=CHUNK, scrypt_log_n=10)
-    return store.unlock(tmp_path / "b", SECRET)
+    return small_volume(tmp_path, CHUNK)
 
 
 def test_readers_overlap(volume: store.Volume, monkeypatch: pytest.MonkeyPatch) -> None:

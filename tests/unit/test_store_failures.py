@@ -12,13 +12,12 @@ import pytest
 
 from encfs_pacs import store
 
-SECRET = store.Secret("passphrase", b"pw")
+from .storekit import small_volume
 
 
 @pytest.fixture
 def volume(tmp_path: Path) -> store.Volume:
-    store.create_volume(tmp_path / "b", SECRET, chunk_size=4096, scrypt_log_n=10)
-    return store.unlock(tmp_path / "b", SECRET)
+    return small_volume(tmp_path)
 
 
 @pytest.fixture
