@@ -174,13 +174,38 @@ def mountpoint(tmp_path: Path) -> Iterator[Path]:
         force_unmount(path)
 
 
-@pytest.fixture
-def passphrase_file(tmp_path: Path) -> Path:
-    path = tmp_path / "passphrase.txt"
+def write_passphrase_file(directory: Path) -> Path:
+    """PASSPHRASE in ``directory``/passphrase.txt, created 0600 (encfs-pacs warns otherwise)."""
+    path = directory / "passphrase.txt"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(PASSPHRASE + "\n")
     return path
+
+
+def init_volume(backing: Path, passphrase_file: Path) -> Path:
+    """``encfs-pacs init`` with the low test scrypt cost."""
+    run_cli("init", backing, "--passphrase-file", passphrase_file, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
+    return backing
+
+
+def mount_with_kms(backing: Path, mountpoint: Path, uri: str, check: bool = True
+                   ) -> subprocess.CompletedProcess[str]:
+    """Mount a key-service volume without allow-list and audit (the key is what is tested)."""
+    return run_cli("mount", backing, mountpoint, "--kms", uri, "--no-policy", "--no-audit", check=check)
+
+
+def write_kms_mount_config(directory: Path, backing: Path, mountpoint: Path, uri: str) -> Path:
+    """A `mount --config` file for a key-service volume, without allow-list and audit."""
+    config = directory / "mount.toml"
+    config.write_text(f'backing = "{backing}"\nmountpoint = "{mountpoint}"\nkms = "{uri}"\n'
+                      f'no_policy = true\nno_audit = true\nlog_file = "{directory / "daemon.log"}"\n')
+    return config
+
+
+@pytest.fixture
+def passphrase_file(tmp_path: Path) -> Path:
+    return write_passphrase_file(tmp_path)
 
 
 @pytest.fixture
@@ -189,9 +214,7 @@ def volume(tmp_path: Path, passphrase_file: Path) -> Path:
     reason = _fuse_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    backing = tmp_path / "backing"
-    run_cli("init", backing, "--passphrase-file", passphrase_file, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
-    return backing
+    return init_volume(tmp_path / "backing", passphrase_file)
 
 
 @pytest.fixture

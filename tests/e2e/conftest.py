@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, _teardown_unmount, run_cli
+from conftest import Mounted, _teardown_unmount, init_volume, run_cli, write_passphrase_file
 
 from .pacs import ORTHANC, NetNamespace, Orthanc, missing_pacs_software, tool
 
@@ -143,11 +143,9 @@ def netns() -> Iterator[NetNamespace]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("site")
-    passphrase = workdir / "passphrase.txt"
-    passphrase.write_text(PASSPHRASE + "\n")
-    passphrase.chmod(0o600)
-    backing, mountpoint = workdir / "backing", workdir / "mnt"
-    run_cli("init", backing, "--passphrase-file", passphrase, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
+    passphrase = write_passphrase_file(workdir)
+    backing = init_volume(workdir / "backing", passphrase)
+    mountpoint = workdir / "mnt"
     mountpoint.mkdir()
     mounted = Mounted(backing=backing, mountpoint=mountpoint, log_file=workdir / "daemon.log",
                       passphrase_file=passphrase, policy_file=site_policy(workdir / "etc" / "policy.toml"))

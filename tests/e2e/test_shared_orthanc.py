@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import PASSPHRASE, TEST_SCRYPT_LOG_N, Mounted, run_cli
+from conftest import Mounted, init_volume, write_passphrase_file
 
 from .conftest import DEFAULT_SITE_RULES, NetNamespace, Site, running_orthanc, site_policy, unmount_all
 from .pacs import Orthanc, tool
@@ -36,11 +36,8 @@ class SharedSites:
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedSites]:
     workdir = tmp_path_factory.mktemp("shared-site")
-    passphrase = workdir / "passphrase.txt"
-    passphrase.write_text(PASSPHRASE + "\n")
-    passphrase.chmod(0o600)
-    backing = workdir / "nas-backing"
-    run_cli("init", backing, "--passphrase-file", passphrase, "--scrypt-log-n", TEST_SCRYPT_LOG_N)
+    passphrase = write_passphrase_file(workdir)
+    backing = init_volume(workdir / "nas-backing", passphrase)
     policy = site_policy(workdir / "etc" / "policy.toml", (*DEFAULT_SITE_RULES, "dcmdump-was"))
     made: list[Mounted] = []
     try:

@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
+from conftest import (  # tests/conftest.py: shared helpers
+    is_fuse_mounted,
+    mount_with_kms,
+    run_cli,
+    write_kms_mount_config,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -201,10 +206,6 @@ def volume(tmp_path: Path, server: KmipServer) -> tuple[Path, str]:
     return backing, uid
 
 
-def _mount(backing: Path, mountpoint: Path, uri: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run_cli("mount", backing, mountpoint, "--kms", uri, "--no-policy", "--no-audit", check=check)
-
-
 # ---------------------------------------------------------------------------- tests
 
 
@@ -213,11 +214,11 @@ def test_init_mount_write_and_remount(volume: tuple[Path, str], server: KmipServ
     text = (backing / ".encfs-pacs" / "volume.json").read_text()
     assert '"algorithm": "kmip"' in text and f'"key_uid": "{uid}"' in text
     assert "client.key" not in text  # credentials stay on the host
-    _mount(backing, mountpoint, server.uri())
+    mount_with_kms(backing, mountpoint, server.uri())
     try:
         (mountpoint / "image.dcm").write_bytes(b"DICM" * 3000)
         run_cli("unmount", mountpoint)
-        _mount(backing, mountpoint, server.uri())
+        mount_with_kms(backing, mountpoint, server.uri())
         assert (mountpoint / "image.dcm").read_bytes() == b"DICM" * 3000
     finally:
         if is_fuse_mounted(mountpoint):
@@ -228,7 +229,7 @@ def test_server_stopped_mounts_nothing(volume: tuple[Path, str], server: KmipSer
                                        mountpoint: Path) -> None:
     backing, _ = volume
     server.stop()
-    assert_clean_error(_mount(backing, mountpoint, server.uri(), check=False), 31, "cannot reach",
+    assert_clean_error(mount_with_kms(backing, mountpoint, server.uri(), check=False), 31, "cannot reach",
                        f"127.0.0.1:{server.port}")
     assert not is_fuse_mounted(mountpoint)
 
@@ -236,14 +237,15 @@ def test_server_stopped_mounts_nothing(volume: tuple[Path, str], server: KmipSer
 def test_revoked_key_mounts_nothing(volume: tuple[Path, str], server: KmipServer, mountpoint: Path) -> None:
     backing, uid = volume
     server.revoke(uid)
-    assert_clean_error(_mount(backing, mountpoint, server.uri(), check=False), 32, "refused", "Active")
+    assert_clean_error(mount_with_kms(backing, mountpoint, server.uri(), check=False), 32, "refused",
+                       "Active")
     assert not is_fuse_mounted(mountpoint)
 
 
 def test_destroyed_key_mounts_nothing(volume: tuple[Path, str], server: KmipServer, mountpoint: Path) -> None:
     backing, uid = volume
     server.destroy(uid)
-    assert_clean_error(_mount(backing, mountpoint, server.uri(), check=False), 32, f"no key '{uid}'",
+    assert_clean_error(mount_with_kms(backing, mountpoint, server.uri(), check=False), 32, f"no key '{uid}'",
                        "recovery key")
     assert not is_fuse_mounted(mountpoint)
 
@@ -254,7 +256,7 @@ def test_foreign_client_certificate_mounts_nothing(volume: tuple[Path, str], ser
     backing, _ = volume
     other = make_pki(tmp_path / "other-pki", ca_name="someone else's CA")
     stranger = {"ca": server.pki["ca"], "cert": other["cert"], "key": other["key"]}
-    result = _mount(backing, mountpoint, server.uri(pki=stranger), check=False)
+    result = mount_with_kms(backing, mountpoint, server.uri(pki=stranger), check=False)
     assert_clean_error(result, 32, "TLS", "client certificate")
     assert not is_fuse_mounted(mountpoint)
 
@@ -265,7 +267,7 @@ def test_server_not_vouched_for_by_the_ca_mounts_nothing(volume: tuple[Path, str
     backing, _ = volume
     other = make_pki(tmp_path / "other-pki", ca_name="someone else's CA")
     wrong_ca = {"ca": other["ca"], "cert": server.pki["cert"], "key": server.pki["key"]}
-    assert_clean_error(_mount(backing, mountpoint, server.uri(pki=wrong_ca), check=False), 32,
+    assert_clean_error(mount_with_kms(backing, mountpoint, server.uri(pki=wrong_ca), check=False), 32,
                        "does not vouch for", "ca=")
     assert not is_fuse_mounted(mountpoint)
 
@@ -289,9 +291,7 @@ def test_a_server_certificate_for_another_name_is_refused(tmp_path: Path) -> Non
 def test_mount_config_file_kms_key(volume: tuple[Path, str], server: KmipServer, mountpoint: Path,
                                    tmp_path: Path) -> None:
     backing, _ = volume
-    config = tmp_path / "mount.toml"
-    config.write_text(f'backing = "{backing}"\nmountpoint = "{mountpoint}"\nkms = "{server.uri()}"\n'
-                      f'no_policy = true\nno_audit = true\nlog_file = "{tmp_path / "daemon.log"}"\n')
+    config = write_kms_mount_config(tmp_path, backing, mountpoint, server.uri())
     run_cli("mount", "--config", config)
     try:
         (mountpoint / "a.txt").write_text("through the config file")

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Mounted, is_fuse_mounted, run_cli  # tests/conftest.py: shared helpers
+from conftest import (  # tests/conftest.py: shared helpers
+    Mounted,
+    is_fuse_mounted,
+    mount_with_kms,
+    run_cli,
+    write_kms_mount_config,
+)
 from softhsm import KEY_LABEL, PIN, TOKEN, Hsm, softhsm_token, softhsm_unavailable  # tests/softhsm.py
 
 from encfs_pacs.audit.spool import spool_path
@@ -74,8 +80,7 @@ def test_init_mount_write_and_remount(backing: Path, mountpoint: Path, tmp_path:
 def test_wrong_pin_mounts_nothing(backing: Path, mountpoint: Path, tmp_path: Path, hsm: Hsm) -> None:
     wrong = tmp_path / "wrong.pin"
     wrong.write_text("000000\n")
-    result = run_cli("mount", backing, mountpoint, "--kms", hsm.mount_uri(wrong), "--no-policy",
-                     "--no-audit", check=False)
+    result = mount_with_kms(backing, mountpoint, hsm.mount_uri(wrong), check=False)
     assert_clean_error(result, 32, "refused the PIN")
     assert not is_fuse_mounted(mountpoint)
 
@@ -96,23 +101,21 @@ def test_init_with_a_missing_key_creates_nothing(tmp_path: Path, hsm: Hsm) -> No
 
 def test_deleted_key_mounts_nothing(backing: Path, mountpoint: Path, hsm: Hsm) -> None:
     hsm.delete_key()
-    result = run_cli("mount", backing, mountpoint, "--kms", hsm.mount_uri(), "--no-policy", "--no-audit",
-                     check=False)
+    result = mount_with_kms(backing, mountpoint, hsm.mount_uri(), check=False)
     assert_clean_error(result, 32, f"no AES key labelled '{KEY_LABEL}'", "recovery key")
     assert not is_fuse_mounted(mountpoint)
 
 
 def test_missing_token_is_unreachable(backing: Path, mountpoint: Path, hsm: Hsm) -> None:
     hsm.remove_token()
-    result = run_cli("mount", backing, mountpoint, "--kms", hsm.mount_uri(), "--no-policy", "--no-audit",
-                     check=False)
+    result = mount_with_kms(backing, mountpoint, hsm.mount_uri(), check=False)
     assert_clean_error(result, 31, f"token '{TOKEN}'", "present")
     assert not is_fuse_mounted(mountpoint)
 
 
 def test_missing_module_is_unreachable(backing: Path, mountpoint: Path, hsm: Hsm) -> None:
     uri = f"pkcs11:?module-path=/usr/lib/no-such-vendor/libpkcs11.so&pin-source=file:{hsm.pin_file}"
-    result = run_cli("mount", backing, mountpoint, "--kms", uri, "--no-policy", "--no-audit", check=False)
+    result = mount_with_kms(backing, mountpoint, uri, check=False)
     assert_clean_error(result, 31, "cannot load the PKCS#11 module")
     assert not is_fuse_mounted(mountpoint)
 
@@ -126,9 +129,7 @@ def test_config_file_and_a_running_mount_outlives_the_hsm(backing: Path, mountpo
                                                          hsm: Hsm) -> None:
     """mount --config with the kms key; once mounted, the master key is in memory: losing the
     HSM does not stop the running mount, only the next mount."""
-    config = tmp_path / "mount.toml"
-    config.write_text(f'backing = "{backing}"\nmountpoint = "{mountpoint}"\nkms = "{hsm.mount_uri()}"\n'
-                      f'no_policy = true\nno_audit = true\nlog_file = "{tmp_path / "daemon.log"}"\n')
+    config = write_kms_mount_config(tmp_path, backing, mountpoint, hsm.mount_uri())
     run_cli("mount", "--config", config)
     try:
         (mountpoint / "a.txt").write_text("before")
@@ -183,8 +184,7 @@ def test_recovery_key_printed_at_init_mounts_after_the_hsm_key_is_lost(tmp_path:
     recovery.write_text(printed[printed.index("# encfs-pacs RECOVERY KEY"):])  # the part for the safe
     recovery.chmod(0o600)
     hsm.delete_key()
-    assert_clean_error(run_cli("mount", backing, mountpoint, "--kms", hsm.mount_uri(), "--no-policy",
-                               "--no-audit", check=False), 32, "no AES key")
+    assert_clean_error(mount_with_kms(backing, mountpoint, hsm.mount_uri(), check=False), 32, "no AES key")
     run_cli("mount", backing, mountpoint, "--recovery-key-file", recovery, "--no-policy", "--no-audit")
     try:
         (mountpoint / "still.txt").write_text("readable with the recovery key")
