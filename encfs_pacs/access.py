@@ -170,6 +170,8 @@ class AccessGate:
 
     def _record(self, event: str, caller: Caller, decision: Decision | None, path: str, *,
                 outcome: str, op: Op | None = None, errno: int | None = None, **extra: Any) -> None:
+        if isinstance(self.audit, NullAudit):
+            return  # no trail: building the record would be work for nothing on every open
         payload: dict[str, Any] = {
             "event": event, "outcome": outcome, "errno": errno,
             "op": str(op) if op is not None else None,

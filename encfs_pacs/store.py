@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from . import durable
 from .crypto import keys, volume_config
@@ -664,9 +664,13 @@ class OpenFile:
     def fsync(self, datasync: bool) -> None:
         (os.fdatasync if datasync else os.fsync)(self.fd)
 
-    def stat(self) -> dict[str, float]:
+    def stat(self) -> Attributes:
         st = os.fstat(self.fd)
-        return self.volume.stat_dict(st, self.state.size_for(st))
+        return self.volume.attributes(st, self.state.size_for(st))
+
+    @property
+    def inode(self) -> int:
+        return self.state.key[1]
 
     def close(self) -> None:
         try:
@@ -699,11 +703,31 @@ def _reopen(fd: int) -> int:
 # ---------------------------------------------------------------------------- the volume
 
 
-# stat() as a dict in the fusepy convention; times are integer nanoseconds (use_ns).
-_STAT_FIELDS = {"st_mode": "st_mode", "st_ino": "st_ino", "st_dev": "st_dev", "st_nlink": "st_nlink",
-                "st_uid": "st_uid", "st_gid": "st_gid", "st_size": "st_size", "st_blocks": "st_blocks",
-                "st_blksize": "st_blksize", "st_atime": "st_atime_ns", "st_mtime": "st_mtime_ns",
-                "st_ctime": "st_ctime_ns"}
+class Attributes(NamedTuple):
+    """What the mount shows for a name: the backing file's stat, with the plaintext size."""
+
+    stat: os.stat_result
+    size: int  # plaintext bytes for a regular file, else the backing st_size
+
+
+class ListedEntry(NamedTuple):
+    """A directory entry as readdir reports it: the kernel takes only the type and inode
+    from it (attributes come from a LOOKUP per name), so no stat is made for it."""
+
+    name: str
+    type_bits: int  # stat.S_IFMT part of st_mode
+    inode: int
+
+
+def _type_bits(entry: os.DirEntry[str]) -> int:
+    # is_* answer from the directory's own d_type, without a stat, on ext4, xfs, btrfs, NFS
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)  # fifo, socket, device
 
 
 class CiphertextFile:
@@ -716,10 +740,14 @@ class CiphertextFile:
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self._fd, size, offset)
 
-    def stat(self) -> dict[str, float]:
+    def stat(self) -> Attributes:
         # Attributes stay those of the plaintext file: the kernel keeps one size per inode for
         # every process, and a ciphertext size would truncate plaintext readers' views.
-        return self._volume.stat_dict(os.fstat(self._fd))
+        return self._volume.attributes(os.fstat(self._fd))
+
+    @property
+    def inode(self) -> int:
+        return os.fstat(self._fd).st_ino
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -859,21 +887,19 @@ class Volume:
 
     # -- attributes --------------------------------------------------------------------------
 
-    def stat_dict(self, st: os.stat_result, plain_size: int | None = None) -> dict[str, float]:
-        attrs = {key: getattr(st, name) for key, name in _STAT_FIELDS.items()}
-        if stat.S_ISREG(st.st_mode):
-            if plain_size is None:
-                plain_size = self._open_size(st)
-            attrs["st_size"] = (
-                plain_size if plain_size is not None else self.layout.plaintext_size_lenient(st.st_size)
-            )
-        return attrs
+    def attributes(self, st: os.stat_result, plain_size: int | None = None) -> Attributes:
+        if not stat.S_ISREG(st.st_mode):
+            return Attributes(st, st.st_size)
+        if plain_size is None:
+            plain_size = self._open_size(st)
+        return Attributes(st, plain_size if plain_size is not None
+                          else self.layout.plaintext_size_lenient(st.st_size))
 
-    def getattr(self, path: str) -> dict[str, float]:
+    def getattr(self, path: str) -> Attributes:
         try:
-            return self.stat_dict(os.lstat(self.backing_path(path, lookup=True)))
+            return self.attributes(os.lstat(self.backing_path(path, lookup=True)))
         except FileNotFoundError:
-            return self.stat_dict(os.lstat(self._orphan_of(path)))
+            return self.attributes(os.lstat(self._orphan_of(path)))
 
     def _orphans(self) -> str:
         return os.path.join(self._root, META_DIR, ORPHANS_DIR)
@@ -890,14 +916,14 @@ class Volume:
         directory is renamed or removed while open, as on a local disk."""
         return os.open(self.backing_path(path, lookup=True), os.O_RDONLY | os.O_DIRECTORY)
 
-    def list_dir(self, dir_fd: int) -> Iterator[tuple[str, dict[str, float]]]:
+    def list_dir(self, dir_fd: int) -> Iterator[ListedEntry]:
         at_root = os.path.samestat(os.fstat(dir_fd), os.stat(self._root))
         with os.scandir(dir_fd) as entries:
             for entry in entries:
                 if (at_root and entry.name == META_DIR) or entry.name.startswith(FUSE_HIDDEN_PREFIX):
                     continue
                 try:
-                    yield entry.name, self.stat_dict(entry.stat(follow_symlinks=False))
+                    yield ListedEntry(entry.name, _type_bits(entry), entry.inode())
                 except FileNotFoundError:  # removed while we listed: skip, as ls would
                     continue
 

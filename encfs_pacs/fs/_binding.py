@@ -16,7 +16,9 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # noqa: E402
 from mfusepy import FUSE, FuseOSError, Operations, fuse_get_context  # noqa: E402
 
-__all__ = ["EncfsFUSE", "FuseOSError", "Operations", "fuse_get_context", "LIBFUSE_VERSION"]
+from ..store import Attributes  # noqa: E402
+
+__all__ = ["EncfsFUSE", "FuseOSError", "Operations", "fuse_get_context", "fill_stat", "LIBFUSE_VERSION"]
 
 LIBFUSE_VERSION = f"{mfusepy.fuse_version_major}.{mfusepy.fuse_version_minor}"
 
@@ -52,9 +54,29 @@ def keep_python_thread_state() -> None:
         _gilstate_ensure()
 
 
+def fill_stat(out: mfusepy.c_stat, attributes: Attributes) -> None:
+    """Copy a name's attributes into libfuse's struct stat. libfuse hands every field of it that
+    the kernel's fuse_attr has on to the kernel (convert_stat); each of those is set here."""
+    st = attributes.stat
+    out.st_dev = st.st_dev
+    out.st_ino = st.st_ino
+    out.st_nlink = st.st_nlink
+    out.st_mode = st.st_mode
+    out.st_uid = st.st_uid
+    out.st_gid = st.st_gid
+    out.st_rdev = st.st_rdev
+    out.st_size = attributes.size
+    out.st_blksize = st.st_blksize
+    out.st_blocks = st.st_blocks
+    out.st_atimespec.tv_sec, out.st_atimespec.tv_nsec = divmod(st.st_atime_ns, 1_000_000_000)
+    out.st_mtimespec.tv_sec, out.st_mtimespec.tv_nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+    out.st_ctimespec.tv_sec, out.st_ctimespec.tv_nsec = divmod(st.st_ctime_ns, 1_000_000_000)
+
+
 class EncfsFUSE(FUSE):
-    """mfusepy's FUSE class with ftruncate's handle, rename flags, utimensat's NOW/OMIT, and
-    worker threads that keep their Python thread state.
+    """mfusepy's FUSE class with ftruncate's handle, rename flags, utimensat's NOW/OMIT,
+    attributes copied straight into struct stat, and worker threads that keep their Python
+    thread state.
 
     mfusepy drops renameat2 flags (so `mv -n` would silently overwrite), folds UTIME_NOW /
     UTIME_OMIT into bogus nanosecond counts (so `touch` would set strange times) and calls
@@ -63,6 +85,15 @@ class EncfsFUSE(FUSE):
     def _wrapper(self, func, *args, **kwargs):  # type: ignore[no-untyped-def]
         keep_python_thread_state()
         return super()._wrapper(func, *args, **kwargs)
+
+    def fgetattr(self, path: bytes | None, buf, fip) -> int:  # type: ignore[no-untyped-def]
+        # mfusepy goes through a dict of 12 keys and setattr by name for every stat: on the
+        # hottest request (every lookup, stat and create asks it) a direct copy is cheaper.
+        # The handle is passed as the raw fuse_file_info, as everywhere with raw_fi=True.
+        fi = fip.contents if fip else None
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        fill_stat(buf.contents, self.operations.getattr(decoded, fi))
+        return 0
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip) -> int:  # type: ignore[no-untyped-def]
         # mfusepy drops the file handle of ftruncate(); an unlinked open file has no usable path

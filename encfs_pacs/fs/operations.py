@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from ..access import AccessGate, Grant
 from ..errors import AccessDenied, EncfsPacsError, IntegrityError
 from ..policy.model import Op, View
-from ..store import FUSE_HIDDEN_PREFIX, CiphertextFile, OpenFile, Volume
+from ..store import FUSE_HIDDEN_PREFIX, Attributes, CiphertextFile, OpenFile, Volume
 from ._binding import FuseOSError, Operations, fuse_get_context
 
 log = logging.getLogger("encfs_pacs.fs")
@@ -81,7 +81,10 @@ class Handle:
 
 
 class EncryptedOperations(Operations):
-    """fusepy/mfusepy operations with ``raw_fi=True``: ``fi`` is the kernel's fuse_file_info."""
+    """fusepy/mfusepy operations with ``raw_fi=True``: ``fi`` is the kernel's fuse_file_info.
+
+    ``getattr`` answers with store.Attributes, not fusepy's dict: _binding.EncfsFUSE copies
+    them into libfuse's struct stat itself."""
 
     use_ns = True
 
@@ -148,7 +151,7 @@ class EncryptedOperations(Operations):
     # -- attributes and directories ------------------------------------------------------------
 
     @_errno_boundary
-    def getattr(self, path: str | None, fi: Any = None) -> dict[str, float]:
+    def getattr(self, path: str | None, fi: Any = None) -> Attributes:
         if fi is not None and fi.fh in self._handles:
             return self._handles[fi.fh].file.stat()
         if path is None:
@@ -167,7 +170,10 @@ class EncryptedOperations(Operations):
 
     @_errno_boundary
     def readdir(self, path: str | None, dir_fd: int) -> list[Any]:
-        return [".", "..", *((name, attrs, 0) for name, attrs in self.volume.list_dir(dir_fd))]
+        # (name, attributes, offset 0): libfuse passes on only the type and, with use_ino, the
+        # inode number; the attributes themselves come with each name's LOOKUP.
+        return [".", "..", *((entry.name, {"st_mode": entry.type_bits, "st_ino": entry.inode}, 0)
+                             for entry in self.volume.list_dir(dir_fd))]
 
     @_errno_boundary
     def releasedir(self, path: str | None, dir_fd: int) -> int:
@@ -366,7 +372,7 @@ class EncryptedOperations(Operations):
             handle = self._handles.pop(fi.fh, None)
         if handle is not None:
             try:
-                inode: int | None = int(handle.file.stat()["st_ino"])
+                inode: int | None = handle.file.inode
             except OSError:
                 inode = None
             handle.file.close()

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 SERVER = textwrap.dedent("""
-    import errno, stat, sys, threading
+    import errno, os, sys, threading
     from encfs_pacs.fs import _binding
     from encfs_pacs.fs._binding import EncfsFUSE, FuseOSError, Operations
+    from encfs_pacs.store import Attributes
 
     if sys.argv[2] == "off":
         _binding._gilstate_ensure = lambda: None  # what mfusepy alone does
@@ -30,11 +31,11 @@ SERVER = textwrap.dedent("""
     class Counting(Operations):
         def getattr(self, path, fh=None):
             if path == "/":
-                return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+                return Attributes(os.stat(os.path.dirname(__file__)), 4096)
             if not path.startswith("/probe-"):
                 raise FuseOSError(errno.ENOENT)
             counter.n = getattr(counter, "n", 0) + 1
-            return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": counter.n}
+            return Attributes(os.stat(__file__), counter.n)  # a regular file's attributes
 
     EncfsFUSE(Counting(), sys.argv[1], foreground=True, max_threads=4, max_idle_threads=4)
 """)
@@ -43,12 +44,14 @@ SERVER = textwrap.dedent("""
 def _lookup_counts(mountpoint: Path, keeping: str, tmp_path: Path) -> list[int]:
     script = tmp_path / "counting_fs.py"
     script.write_text(SERVER)
-    server = subprocess.Popen([sys.executable, str(script), str(mountpoint), keeping],
-                              stderr=subprocess.PIPE)
+    errors = tmp_path / "counting_fs.err"
+    # A file, not a pipe: a server writing tracebacks into a pipe nobody reads would block.
+    with errors.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, str(script), str(mountpoint), keeping], stderr=sink)
     try:
         deadline = time.monotonic() + 20
         while not os.path.ismount(mountpoint):
-            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+            assert server.poll() is None, errors.read_text(errors="replace")
             assert time.monotonic() < deadline, "the test file system did not come up"
             time.sleep(0.05)
         # New names each time: every stat is a LOOKUP that reaches a worker.

@@ -49,9 +49,9 @@ def _walk(volume: store.Volume, path: str = "/") -> dict[str, dict[str, Any]]:
         entries = list(volume.list_dir(fd))
     finally:
         os.close(fd)
-    for name, attrs in entries:
-        child = path.rstrip("/") + "/" + name
-        mode = int(attrs["st_mode"])
+    for entry in entries:
+        child = path.rstrip("/") + "/" + entry.name
+        mode = entry.type_bits
         if stat.S_ISDIR(mode):
             found[child] = {"type": "directory"}
             found.update(_walk(volume, child))
@@ -59,12 +59,13 @@ def _walk(volume: store.Volume, path: str = "/") -> dict[str, dict[str, Any]]:
             found[child] = {"type": "symlink", "target": volume.readlink(child)}
         else:
             assert stat.S_ISREG(mode), child
+            size = volume.getattr(child).size  # what a stat through the mount shows
             handle = volume.open(child, os.O_RDONLY)
             try:
-                data = handle.read(int(attrs["st_size"]) + 4096, 0)
+                data = handle.read(size + 4096, 0)
             finally:
                 handle.close()
-            assert len(data) == attrs["st_size"], f"{child}: stat size and content disagree"
+            assert len(data) == size, f"{child}: stat size and content disagree"
             found[child] = {"type": "file", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     return found
 

@@ -64,11 +64,11 @@ def test_open_handle_sees_growth_and_rewrite_made_elsewhere(backing: Path) -> No
         # A truncates to zero and rewrites (new file ID, new header) while B keeps its handle
         write(a, "/f", b"n" * 5000, flags=os.O_RDWR | os.O_TRUNC)
         held.write(b"B" * 10, 4995)  # B grows the file across the new final chunk
-        assert held.stat()["st_size"] == 5005
+        assert held.stat().size == 5005
     finally:
         held.close()
     assert read_all(a, "/f") == b"n" * 4995 + b"B" * 10
-    assert a.getattr("/f")["st_size"] == 5005
+    assert a.getattr("/f").size == 5005
 
 
 def test_create_never_clobbers_a_file_made_by_the_other_mount(backing: Path) -> None:
