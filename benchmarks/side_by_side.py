@@ -50,7 +50,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=65536, help="encfs-pacs chunk size")
     parser.add_argument("--read-ahead-kb", type=int,
                         help="experiment: set every FUSE mount's readahead (sysfs) after mounting")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, audit logs)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the work folder (logs, audit logs, and the CT study, metadata "
+                             "and Orthanc files: several GiB)")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.systems = [name for name in args.systems.split(",") if name]
@@ -154,6 +156,7 @@ class Run:
                     self.measure_one(repeat, name, workload, system)
 
     def measure_one(self, repeat: int, name: str, workload: WorkloadFn, system: System) -> None:
+        earlier = set(system.path.iterdir())  # other workloads' kept files stay (fresh_folder)
         try:
             figures = workload(self.context, system)
         except Exception as exc:  # noqa: BLE001 - recorded and shown; the other systems go on
@@ -161,7 +164,7 @@ class Run:
                                 "error": f"{type(exc).__name__}: {exc}"})
             print(f"  ERROR {name} on {system.name}: {type(exc).__name__}: {exc}", flush=True)
             system.recover()
-            for leftover in system.path.iterdir():
+            for leftover in set(system.path.iterdir()) - earlier:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
             return

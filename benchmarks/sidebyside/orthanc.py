@@ -110,5 +110,6 @@ def ingest(system: System, sources: Path, expected: int, run: int) -> dict[str, 
     if client.returncode != 0:
         raise RuntimeError(f"Orthanc ingest failed: {err.strip()[-800:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    shutil.rmtree(folder)
+    # The folder stays until the run ends, like the other many-file workloads'
+    # (workloads.fresh_folder says why).
     return {"orthanc_ingest": float(result["instances_per_s"])}

@@ -89,8 +89,7 @@ class EncfsFUSE(FUSE):
     def fgetattr(self, path: bytes | None, buf, fip) -> int:  # type: ignore[no-untyped-def]
         # mfusepy goes through a dict of 12 keys and setattr by name for every stat: on the
         # hottest request (every lookup, stat and create asks it) a direct copy is cheaper.
-        # The handle is passed as the raw fuse_file_info, as everywhere with raw_fi=True.
-        fi = fip.contents if fip else None
+        fi = (fip.contents if self.raw_fi else fip.contents.fh) if fip else None
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         fill_stat(buf.contents, self.operations.getattr(decoded, fi))
         return 0

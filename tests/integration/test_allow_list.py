@@ -505,6 +505,7 @@ def test_audit_records_name_program_patient_and_outcome(policy: Path, pacs: Agen
     assert opened[0]["program"]["argv"][1].endswith("pacs_agent.py") and opened[0]["rule"] == "pacs"
     released = [r for r in records if r["event"] == "release" and r.get("bytes_read")]
     assert released[0]["bytes_read"] == source.stat().st_size
+    assert released[0]["object"]["inode"] == (m.backing / "ct.dcm").stat().st_ino  # as the mount showed it
     refused = [r for r in records if r["outcome"] == "denied" and r["object"]["path"] == "/ct.dcm"]
     assert refused and refused[0]["errno"] == errno.EACCES
     assert refused[0]["program"]["argv"][1].endswith("rogue_agent.py")

@@ -53,7 +53,7 @@ def test_getattr_through_the_binding_reports_the_plaintext_size(tmp_path: Path) 
             return volume.getattr(path)
 
     fuse = EncfsFUSE.__new__(EncfsFUSE)  # no mount: only the callback is exercised
-    fuse.operations, fuse.encoding, fuse.errors = Operations(), "utf-8", "surrogateescape"
+    fuse.operations, fuse.encoding, fuse.errors, fuse.raw_fi = Operations(), "utf-8", "surrogateescape", True
     out = mfusepy.c_stat()
     # getattr_fuse_3 is what mfusepy registers for libfuse 3's getattr; it calls fgetattr
     assert fuse.getattr_fuse_3(b"/f", ctypes.pointer(out), None) == 0
