@@ -13,6 +13,7 @@ import ctypes
 import json
 import logging
 import os
+import resource
 import select
 import shutil
 import signal
@@ -67,6 +68,24 @@ def keep_request_buffers_mapped() -> bool:
     # mallopt returns 1 on success
     return bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
                 and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
+
+
+def raise_open_file_limit() -> int:
+    """Raise the daemon's soft limit on open files to its hard limit; returns the new limit.
+
+    Every file a PACS holds open through the mount is a backing descriptor here, and the
+    identity check keeps a pidfd per recent caller thread (policy/identity.py): systemd's
+    default soft limit of 1024 would make a busy archive fail with EMFILE long before the
+    hard limit (524 288 under systemd) is near."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
 
 
 # ---------------------------------------------------------------------------- mount table
@@ -326,6 +345,7 @@ def serve(volume: Volume, mountpoint: Path, gate: AccessGate, on_ready: Callable
     storage: every mount of one volume has its own). Shared storage itself is switched on in
     ``volume`` (Volume.enable_shared_storage) before this is called."""
     _reload_on_sighup(gate)  # first: threads started later inherit the blocked SIGHUP
+    log.debug("open-file limit %d", raise_open_file_limit())
     if not keep_request_buffers_mapped():
         log.info("malloc thresholds left at their defaults (no glibc mallopt): large requests "
                  "may be slower")

@@ -11,13 +11,21 @@ as "(deleted)" and matches no rule.
 
 FUSE passes the calling *thread* id; /proc/TID answers for threads too, and the thread
 group id (the process) comes from /proc/TID/status.
+
+The two start-time reads are most of a full check (two /proc/PID/stat reads, ~35 µs each in
+the daemon). Where the kernel has thread pidfds (PIDFD_THREAD, Linux 6.9), each worker thread
+keeps one per caller thread it has identified: a pidfd refers to one task for good, and polls
+readable once that task has exited, so "not exited" after the /proc reads proves they were of
+the same task as before, with no start-time read at all (see ``_Pins``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pwd
+import select
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +41,10 @@ DELETED_SUFFIX = " (deleted)"
 PRELOAD_VARIABLES = (b"LD_PRELOAD=", b"LD_AUDIT=")
 CACHE_SIZE = 4096
 PROC_READ_BYTES = 65536
+PIDFD_THREAD = os.O_EXCL  # linux/pidfd.h: a pidfd for one thread, not its thread group
+# Pidfds kept per worker thread (each an open file descriptor): at most 16 FUSE workers x 16
+# (the daemon raises its open-file limit: fs/mount.py raise_open_file_limit).
+PINS_PER_THREAD = 16
 
 
 class Unidentified(Exception):
@@ -99,6 +111,62 @@ def _optional_int(path: str) -> int | None:
     return None if value == 0xFFFFFFFF else value
 
 
+class _Pins:
+    """Per worker thread: caller thread id -> (pidfd, start time), least recently used first.
+
+    Thread-local, so no pidfd is ever closed by one thread while another polls it."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self.supported = True  # False once the kernel refuses thread pidfds
+
+    def _table(self) -> OrderedDict[int, tuple[int, int]]:
+        table = getattr(self._local, "table", None)
+        if table is None:
+            table = self._local.table = OrderedDict()
+        return table
+
+    def start_time(self, pid: int) -> tuple[int, int] | None:
+        """(pidfd, start time) of a task pinned earlier that has not exited since."""
+        table = self._table()
+        entry = table.get(pid)
+        if entry is None:
+            return None
+        if exited(entry[0]):
+            del table[pid]
+            os.close(entry[0])
+            return None
+        table.move_to_end(pid)
+        return entry
+
+    def open(self, pid: int) -> int | None:
+        """A new thread pidfd for ``pid``, or None where there is none (old kernel, gone)."""
+        if not self.supported:
+            return None
+        try:
+            return os.pidfd_open(pid, PIDFD_THREAD)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                self.supported = False  # before Linux 6.9: start-time reads only
+            return None
+
+    def keep(self, pid: int, pidfd: int, started: int) -> None:
+        table = self._table()
+        old = table.pop(pid, None)
+        if old is not None:
+            os.close(old[0])
+        table[pid] = (pidfd, started)
+        while len(table) > PINS_PER_THREAD:
+            os.close(table.popitem(last=False)[1][0])
+
+
+def exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its task has exited."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class IdentityResolver:
     """Resolves and caches caller identities; safe to use from many FUSE threads.
 
@@ -119,6 +187,8 @@ class IdentityResolver:
         self._recent: dict[int, tuple[Caller, tuple[int, int], float]] = {}
         self._hashes: OrderedDict[_ExeKey, str] = OrderedDict()
         self._users: dict[int, str | None] = {}
+        # Only for the real /proc: a pidfd names a real task, a test's fake /proc tree does not.
+        self._pins = _Pins() if proc == PROC else None
 
     def resolve(self, pid: int, uid: int, gid: int, reuse_within: float = 0.0) -> Caller:
         """The caller of a request. ``reuse_within`` > 0 accepts this thread's identity if it
@@ -141,7 +211,7 @@ class IdentityResolver:
         if pid <= 0:
             raise Unidentified("the request carries no process id (the caller is outside this "
                                "mount's pid namespace or is the kernel)")
-        before = self._start_time(pid)
+        before, pidfd = self._pinned_start_time(pid)
         exe_key, exe = self._executable(pid)
         key = (pid, before, exe_key, uid, gid, self._command_line(pid))
         now = self._clock()
@@ -151,14 +221,41 @@ class IdentityResolver:
                 self._callers.move_to_end(key)
         if entry is None or now - entry[1] > self._refresh:
             entry = (self._build(pid, uid, gid, before, exe_key, exe), now)
-        # The pid could have been reused while we read: the start time must not have moved.
-        if self._start_time(pid) != before:
+        # The pid could have been reused while we read: the task must not have exited (pinned),
+        # or the start time must not have moved.
+        if (exited(pidfd) if pidfd is not None else self._start_time(pid) != before):
             raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
         with self._lock:
             self._callers[key] = entry
             while len(self._callers) > CACHE_SIZE:
                 self._callers.popitem(last=False)
         return entry[0]
+
+    def _pinned_start_time(self, pid: int) -> tuple[int, int | None]:
+        """The start time of the task ``pid`` names now, and its pidfd if it is pinned.
+
+        A new pin is taken between two start-time reads that agree: the pid named one task all
+        along, so the pidfd opened in between is that task's."""
+        pins = self._pins
+        if pins is None:
+            return self._start_time(pid), None
+        pinned = pins.start_time(pid)
+        if pinned is not None:
+            return pinned[1], pinned[0]
+        before = self._start_time(pid)
+        pidfd = pins.open(pid)
+        if pidfd is None:
+            return before, None
+        try:
+            same = self._start_time(pid) == before
+        except Unidentified:
+            os.close(pidfd)
+            raise
+        if not same:
+            os.close(pidfd)
+            raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
+        pins.keep(pid, pidfd, before)
+        return before, pidfd
 
     def _command_line(self, pid: int) -> bytes:
         try:

@@ -128,6 +128,110 @@ def test_exited_process_is_unidentified() -> None:
     assert (caller.exe, caller.sha256) == (None, None)
 
 
+def _counting_start_times(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads: list[int] = []
+    real = identity.start_time
+
+    def counted(pid: int, proc: str = identity.PROC) -> int:
+        reads.append(pid)
+        return real(pid, proc)
+
+    monkeypatch.setattr(identity, "start_time", counted)
+    return reads
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_pinned_caller_costs_no_start_time_read(spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = _counting_start_times(monkeypatch)
+    resolver = IdentityResolver()
+    child = spawn(SLEEP, "30")
+    first = resolver.resolve(child.pid, 0, 0)
+    pinned = resolver._pins is not None and resolver._pins.supported
+    if not pinned:
+        pytest.skip("this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9): start times are read")
+    assert reads == [child.pid, child.pid]  # the pin is taken between two agreeing reads
+    again = resolver.resolve(child.pid, 0, 0)
+    assert reads == [child.pid, child.pid]  # the pidfd proves it is the same task
+    assert again.unidentified is None and again.process_key == first.process_key
+
+
+def test_a_pinned_caller_that_exits_is_not_taken_for_its_pid(spawn: Any) -> None:
+    resolver = IdentityResolver()
+    child = spawn(SLEEP, "30")
+    assert resolver.resolve(child.pid, 0, 0).unidentified is None
+    child.kill()
+    child.wait(timeout=10)  # reaped: the pid is free for anyone
+    caller = resolver.resolve(child.pid, 0, 0)
+    assert caller.unidentified is not None and f"process {child.pid} is gone" in caller.unidentified
+
+
+def test_a_pinned_thread_that_exits_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver = IdentityResolver()
+    ready, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def worker() -> None:
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    ready.wait(10)
+    assert resolver.resolve(tid[0], os.getuid(), os.getgid()).unidentified is None
+    done.set()
+    thread.join()
+    caller = resolver.resolve(tid[0], os.getuid(), os.getgid())
+    assert caller.unidentified is not None  # its pidfd polls readable: a fresh check finds nothing
+
+
+def test_pid_reuse_while_reading_is_caught_by_the_pin(spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after the /proc reads: the pinned task has exited by then."""
+    resolver = IdentityResolver()
+    child = spawn(SLEEP, "30")
+    assert resolver.resolve(child.pid, 0, 0).unidentified is None
+    if resolver._pins is None or not resolver._pins.supported:
+        pytest.skip("this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9): nothing is pinned")
+    real_command_line = IdentityResolver._command_line
+
+    def exit_while_reading(self: IdentityResolver, pid: int) -> bytes:
+        line = real_command_line(self, pid)
+        child.kill()
+        child.wait(timeout=10)
+        return line
+
+    monkeypatch.setattr(IdentityResolver, "_command_line", exit_while_reading)
+    caller = resolver.resolve(child.pid, 0, 0)
+    assert caller.unidentified is not None and "pid was reused" in caller.unidentified
+
+
+def test_without_thread_pidfds_start_times_are_read_twice(spawn: Any,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(identity.os, "pidfd_open", refused)
+    reads = _counting_start_times(monkeypatch)
+    resolver = IdentityResolver()
+    child = spawn(SLEEP, "30")
+    for _ in range(2):
+        assert resolver.resolve(child.pid, 0, 0).unidentified is None
+    assert reads == [child.pid] * 4  # before and after, every time (Linux before 6.9)
+    assert resolver._pins is not None and not resolver._pins.supported
+
+
+def test_pins_per_worker_thread_are_bounded(spawn: Any) -> None:
+    resolver = IdentityResolver()
+    children = [spawn(SLEEP, "30") for _ in range(identity.PINS_PER_THREAD + 3)]
+    before = _open_fds()
+    for child in children:
+        assert resolver.resolve(child.pid, 0, 0).unidentified is None
+    assert _open_fds() - before <= identity.PINS_PER_THREAD  # the oldest pidfds were closed
+
+
 def test_child_started_with_ld_preload_is_traced(spawn: Any) -> None:
     child = spawn(SLEEP, "30", env={"LD_PRELOAD": "/nonexistent/lib.so", "PATH": "/usr/bin:/bin"})
     caller = IdentityResolver().resolve(child.pid, 0, 0)
