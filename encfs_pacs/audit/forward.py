@@ -564,8 +564,11 @@ class SyslogForwarder:
     def _check_peer_open(sock: socket.socket) -> None:
         """A collector that closed the connection is noticed before the next message is
         written into a dead socket (which would be lost without an error)."""
-        readable, _, _ = select.select([sock], [], [], 0)
-        if readable:
+        # poll, not select: select() refuses descriptors from 1024 on, and the daemon raises
+        # its open-file limit far beyond that (fs/mount.py raise_open_file_limit)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if poller.poll(0):
             data = sock.recv(4096, socket.MSG_DONTWAIT)
             if not data:
                 raise ConnectionResetError("the collector closed the connection")

@@ -14,14 +14,15 @@ group id (the process) comes from /proc/TID/status.
 
 The two start-time reads are most of a full check (two /proc/PID/stat reads, ~35 µs each in
 the daemon). Where the kernel has thread pidfds (PIDFD_THREAD, Linux 6.9), each worker thread
-keeps one per caller thread it has identified: a pidfd refers to one task for good, and polls
-readable once that task has exited, so "not exited" after the /proc reads proves they were of
-the same task as before, with no start-time read at all (see ``_Pins``).
+keeps one per caller thread it has identified (``_Pins``). A pidfd stays with one task: while
+it does not poll readable, the pid is still attached to that task (it polls readable once the
+task exits, and for good once the pid is freed), so "still not readable" after the /proc reads
+proves they were all of the pinned task, with no start-time read at all.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import os
 import pwd
@@ -111,60 +112,97 @@ def _optional_int(path: str) -> int | None:
     return None if value == 0xFFFFFFFF else value
 
 
+class _Pin:
+    """A thread pidfd and the start time of its task; closes itself when dropped (a worker
+    thread that ends, a resolver that goes away)."""
+
+    __slots__ = ("fd", "start")
+
+    def __init__(self, fd: int, start: int) -> None:
+        self.fd = fd
+        self.start = start
+
+    def task_alive(self) -> bool:
+        """The pid still names this pin's task: the pidfd does not poll readable. (A pidfd
+        polls readable once its task has exited, or for good once its pid is detached.)"""
+        if self.fd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        events = poller.poll(0)
+        if events and events[0][1] & select.POLLNVAL:
+            self.fd = -1  # not ours any more (closed behind our back): never close it again
+            return False
+        return not events
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # also at interpreter exit
+            self.close()
+
+
+def _thread_pidfds_supported() -> bool:
+    """Whether this kernel opens pidfds of single threads (PIDFD_THREAD, Linux 6.9): probed
+    once on our own thread, so a caller that vanishes later is never taken for an old kernel."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return False
+    try:
+        os.close(pidfd_open(threading.get_native_id(), PIDFD_THREAD))
+    except OSError:
+        return False
+    return True
+
+
 class _Pins:
-    """Per worker thread: caller thread id -> (pidfd, start time), least recently used first.
+    """Per worker thread: caller thread id -> _Pin, least recently used first.
 
     Thread-local, so no pidfd is ever closed by one thread while another polls it."""
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self.supported = True  # False once the kernel refuses thread pidfds
+        self.supported = _thread_pidfds_supported()
 
-    def _table(self) -> OrderedDict[int, tuple[int, int]]:
+    def _table(self) -> OrderedDict[int, _Pin]:
         table = getattr(self._local, "table", None)
         if table is None:
             table = self._local.table = OrderedDict()
         return table
 
-    def start_time(self, pid: int) -> tuple[int, int] | None:
-        """(pidfd, start time) of a task pinned earlier that has not exited since."""
+    def find(self, pid: int) -> _Pin | None:
+        """The pin of the task ``pid`` named when it was pinned, if that task still lives."""
         table = self._table()
-        entry = table.get(pid)
-        if entry is None:
+        pin = table.get(pid)
+        if pin is None:
             return None
-        if exited(entry[0]):
+        if not pin.task_alive():
             del table[pid]
-            os.close(entry[0])
+            pin.close()
             return None
         table.move_to_end(pid)
-        return entry
+        return pin
 
     def open(self, pid: int) -> int | None:
-        """A new thread pidfd for ``pid``, or None where there is none (old kernel, gone)."""
+        """A new thread pidfd for ``pid``; None if the task is gone already (or no support)."""
         if not self.supported:
             return None
         try:
             return os.pidfd_open(pid, PIDFD_THREAD)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOSYS):
-                self.supported = False  # before Linux 6.9: start-time reads only
-            return None
+        except OSError:
+            return None  # gone (ESRCH; EINVAL on some 6.9-era kernels): checked by reads
 
-    def keep(self, pid: int, pidfd: int, started: int) -> None:
+    def keep(self, pid: int, pin: _Pin) -> None:
         table = self._table()
         old = table.pop(pid, None)
         if old is not None:
-            os.close(old[0])
-        table[pid] = (pidfd, started)
+            old.close()
+        table[pid] = pin
         while len(table) > PINS_PER_THREAD:
-            os.close(table.popitem(last=False)[1][0])
-
-
-def exited(pidfd: int) -> bool:
-    """A pidfd polls readable once its task has exited."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(0))
+            table.popitem(last=False)[1].close()
 
 
 class IdentityResolver:
@@ -211,7 +249,7 @@ class IdentityResolver:
         if pid <= 0:
             raise Unidentified("the request carries no process id (the caller is outside this "
                                "mount's pid namespace or is the kernel)")
-        before, pidfd = self._pinned_start_time(pid)
+        before, pin = self._pinned_start_time(pid)
         exe_key, exe = self._executable(pid)
         key = (pid, before, exe_key, uid, gid, self._command_line(pid))
         now = self._clock()
@@ -223,7 +261,7 @@ class IdentityResolver:
             entry = (self._build(pid, uid, gid, before, exe_key, exe), now)
         # The pid could have been reused while we read: the task must not have exited (pinned),
         # or the start time must not have moved.
-        if (exited(pidfd) if pidfd is not None else self._start_time(pid) != before):
+        if (not pin.task_alive() if pin is not None else self._start_time(pid) != before):
             raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
         with self._lock:
             self._callers[key] = entry
@@ -231,31 +269,28 @@ class IdentityResolver:
                 self._callers.popitem(last=False)
         return entry[0]
 
-    def _pinned_start_time(self, pid: int) -> tuple[int, int | None]:
-        """The start time of the task ``pid`` names now, and its pidfd if it is pinned.
+    def _pinned_start_time(self, pid: int) -> tuple[int, _Pin | None]:
+        """The start time of the task ``pid`` names now, and its pin if it has one.
 
-        A new pin is taken between two start-time reads that agree: the pid named one task all
-        along, so the pidfd opened in between is that task's."""
+        A new pin: the pidfd is opened first, then the start time read, then the pidfd must
+        still name a live task — so the pid named that task all along, and the start time
+        read is that task's."""
         pins = self._pins
         if pins is None:
             return self._start_time(pid), None
-        pinned = pins.start_time(pid)
-        if pinned is not None:
-            return pinned[1], pinned[0]
-        before = self._start_time(pid)
+        pin = pins.find(pid)
+        if pin is not None:
+            return pin.start, pin
         pidfd = pins.open(pid)
         if pidfd is None:
-            return before, None
-        try:
-            same = self._start_time(pid) == before
-        except Unidentified:
-            os.close(pidfd)
-            raise
-        if not same:
-            os.close(pidfd)
+            return self._start_time(pid), None
+        pin = _Pin(pidfd, 0)  # owns the descriptor from here on, on every path
+        pin.start = self._start_time(pid)
+        if not pin.task_alive():
+            pin.close()
             raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
-        pins.keep(pid, pidfd, before)
-        return before, pidfd
+        pins.keep(pid, pin)
+        return pin.start, pin
 
     def _command_line(self, pid: int) -> bytes:
         try:

@@ -144,17 +144,33 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _require_pins(resolver: IdentityResolver) -> None:
+    """Thread pidfds exist from Linux 6.9: there they must be used, before it the reads stay."""
+    release = tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    assert resolver._pins is not None
+    if release < (6, 9):
+        assert not resolver._pins.supported
+        pytest.skip("this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9): start times are read")
+    assert resolver._pins.supported
+
+
+def _wait_until_thread_is_gone(tid: int) -> None:
+    # join() returns when Python's side of the thread is done, a moment before the OS thread ends
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/self/task/{tid}"):
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+
+
 def test_a_pinned_caller_costs_no_start_time_read(spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = _counting_start_times(monkeypatch)
     resolver = IdentityResolver()
+    _require_pins(resolver)
     child = spawn(SLEEP, "30")
     first = resolver.resolve(child.pid, 0, 0)
-    pinned = resolver._pins is not None and resolver._pins.supported
-    if not pinned:
-        pytest.skip("this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9): start times are read")
-    assert reads == [child.pid, child.pid]  # the pin is taken between two agreeing reads
+    assert reads == [child.pid]  # pidfd first, then one read, then the pidfd still live
     again = resolver.resolve(child.pid, 0, 0)
-    assert reads == [child.pid, child.pid]  # the pidfd proves it is the same task
+    assert reads == [child.pid]  # the pidfd proves it is the same task
     assert again.unidentified is None and again.process_key == first.process_key
 
 
@@ -178,12 +194,17 @@ def test_a_pinned_thread_that_exits_is_seen(monkeypatch: pytest.MonkeyPatch) -> 
         ready.set()
         done.wait(10)
 
+    reads = _counting_start_times(monkeypatch)
     thread = threading.Thread(target=worker)
     thread.start()
     ready.wait(10)
-    assert resolver.resolve(tid[0], os.getuid(), os.getgid()).unidentified is None
+    _require_pins(resolver)
+    for _ in range(2):
+        assert resolver.resolve(tid[0], os.getuid(), os.getgid()).unidentified is None
+    assert reads.count(tid[0]) == 1  # a thread (not its process's leader) is pinned too
     done.set()
     thread.join()
+    _wait_until_thread_is_gone(tid[0])
     caller = resolver.resolve(tid[0], os.getuid(), os.getgid())
     assert caller.unidentified is not None  # its pidfd polls readable: a fresh check finds nothing
 
@@ -191,10 +212,9 @@ def test_a_pinned_thread_that_exits_is_seen(monkeypatch: pytest.MonkeyPatch) -> 
 def test_pid_reuse_while_reading_is_caught_by_the_pin(spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check after the /proc reads: the pinned task has exited by then."""
     resolver = IdentityResolver()
+    _require_pins(resolver)
     child = spawn(SLEEP, "30")
     assert resolver.resolve(child.pid, 0, 0).unidentified is None
-    if resolver._pins is None or not resolver._pins.supported:
-        pytest.skip("this kernel has no thread pidfds (PIDFD_THREAD, Linux 6.9): nothing is pinned")
     real_command_line = IdentityResolver._command_line
 
     def exit_while_reading(self: IdentityResolver, pid: int) -> bytes:
@@ -230,6 +250,51 @@ def test_pins_per_worker_thread_are_bounded(spawn: Any) -> None:
     for child in children:
         assert resolver.resolve(child.pid, 0, 0).unidentified is None
     assert _open_fds() - before <= identity.PINS_PER_THREAD  # the oldest pidfds were closed
+
+
+def test_a_caller_gone_before_its_pin_does_not_switch_pins_off() -> None:
+    resolver = IdentityResolver()
+    _require_pins(resolver)
+    child = subprocess.Popen([SLEEP, "0"])
+    child.wait(timeout=10)
+    assert resolver.resolve(child.pid, 0, 0).unidentified is not None
+    assert resolver._pins is not None and resolver._pins.supported
+
+
+def test_pidfds_are_closed_when_their_owner_goes(spawn: Any) -> None:
+    import gc
+
+    child = spawn(SLEEP, "30")
+    baseline = _open_fds()
+    resolver = IdentityResolver()
+    _require_pins(resolver)
+    assert resolver.resolve(child.pid, 0, 0).unidentified is None
+    assert _open_fds() == baseline + 1
+    del resolver  # a gate built for one command and dropped
+    gc.collect()
+    assert _open_fds() == baseline
+
+    resolver = IdentityResolver()
+    worker = threading.Thread(target=lambda: resolver.resolve(child.pid, 0, 0))
+    worker.start()  # a thread that pins, then ends: its table goes with it
+    worker.join()
+    gc.collect()
+    assert _open_fds() == baseline
+
+
+def test_a_pin_whose_task_is_gone_before_the_read_is_closed(spawn: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver = IdentityResolver()
+    _require_pins(resolver)
+    child = spawn(SLEEP, "30")
+    baseline = _open_fds()
+
+    def gone(pid: int, proc: str = identity.PROC) -> int:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(identity, "start_time", gone)
+    assert resolver.resolve(child.pid, 0, 0).unidentified is not None
+    assert _open_fds() == baseline  # the pidfd opened for it was closed again
 
 
 def test_child_started_with_ld_preload_is_traced(spawn: Any) -> None:
