@@ -78,27 +78,47 @@ def test_resolve_this_process() -> None:
     assert me.process_key == (os.getpid(), me.start_time)
 
 
-def test_resolve_a_thread_gives_its_process() -> None:
-    """FUSE passes the calling thread's id: the process key must be the process's, not the thread's."""
-    ready, done = threading.Event(), threading.Event()
-    tid: list[int] = []
+class ParkedThread:
+    """A thread of this process that waits until it is ended (always ended by the fixture)."""
 
-    def worker() -> None:
-        tid.append(threading.get_native_id())
-        ready.set()
-        done.wait(10)
+    def __init__(self) -> None:
+        ready, self._done = threading.Event(), threading.Event()
+        found: list[int] = []
 
-    thread = threading.Thread(target=worker)
-    thread.start()
-    try:
+        def worker() -> None:
+            found.append(threading.get_native_id())
+            ready.set()
+            self._done.wait(10)
+
+        self._thread = threading.Thread(target=worker)
+        self._thread.start()
         ready.wait(10)
-        caller = IdentityResolver().resolve(tid[0], os.getuid(), os.getgid())
-    finally:
-        done.set()
-        thread.join()
-    assert tid[0] != os.getpid()
+        self.tid = found[0]
+
+    def end(self) -> None:
+        """Let it finish, and wait until the OS thread is gone too (join() returns when
+        Python's side of the thread is done, a moment before)."""
+        self._done.set()
+        self._thread.join()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/self/task/{self.tid}"):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+
+@pytest.fixture
+def parked() -> Iterator[ParkedThread]:
+    thread = ParkedThread()
+    yield thread
+    thread.end()
+
+
+def test_resolve_a_thread_gives_its_process(parked: ParkedThread) -> None:
+    """FUSE passes the calling thread's id: the process key must be the process's, not the thread's."""
+    caller = IdentityResolver().resolve(parked.tid, os.getuid(), os.getgid())
+    assert parked.tid != os.getpid()
     assert caller.unidentified is None, caller.unidentified
-    assert caller.pid == tid[0]
+    assert caller.pid == parked.tid
     assert caller.tgid == os.getpid()
     assert caller.process_key == (os.getpid(), start_time(os.getpid()))
 
@@ -154,14 +174,6 @@ def _require_pins(resolver: IdentityResolver) -> None:
     assert resolver._pins.supported
 
 
-def _wait_until_thread_is_gone(tid: int) -> None:
-    # join() returns when Python's side of the thread is done, a moment before the OS thread ends
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/self/task/{tid}"):
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-
-
 def test_a_pinned_caller_costs_no_start_time_read(spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = _counting_start_times(monkeypatch)
     resolver = IdentityResolver()
@@ -184,28 +196,15 @@ def test_a_pinned_caller_that_exits_is_not_taken_for_its_pid(spawn: Any) -> None
     assert caller.unidentified is not None and f"process {child.pid} is gone" in caller.unidentified
 
 
-def test_a_pinned_thread_that_exits_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pinned_thread_that_exits_is_seen(parked: ParkedThread, monkeypatch: pytest.MonkeyPatch) -> None:
     resolver = IdentityResolver()
-    ready, done = threading.Event(), threading.Event()
-    tid: list[int] = []
-
-    def worker() -> None:
-        tid.append(threading.get_native_id())
-        ready.set()
-        done.wait(10)
-
-    reads = _counting_start_times(monkeypatch)
-    thread = threading.Thread(target=worker)
-    thread.start()
-    ready.wait(10)
     _require_pins(resolver)
+    reads = _counting_start_times(monkeypatch)
     for _ in range(2):
-        assert resolver.resolve(tid[0], os.getuid(), os.getgid()).unidentified is None
-    assert reads.count(tid[0]) == 1  # a thread (not its process's leader) is pinned too
-    done.set()
-    thread.join()
-    _wait_until_thread_is_gone(tid[0])
-    caller = resolver.resolve(tid[0], os.getuid(), os.getgid())
+        assert resolver.resolve(parked.tid, os.getuid(), os.getgid()).unidentified is None
+    assert reads.count(parked.tid) == 1  # a thread (not its process's leader) is pinned too
+    parked.end()
+    caller = resolver.resolve(parked.tid, os.getuid(), os.getgid())
     assert caller.unidentified is not None  # its pidfd polls readable: a fresh check finds nothing
 
 
