@@ -78,14 +78,14 @@ def raise_open_file_limit() -> int:
     default soft limit of 1024 would make a busy archive fail with EMFILE long before the
     hard limit (524 288 under systemd) is near."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
-    return soft
+    if hard <= soft:  # (Linux caps the hard limit at nr_open: never RLIM_INFINITY here)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    return hard
 
 
 # ---------------------------------------------------------------------------- mount table

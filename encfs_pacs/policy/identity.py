@@ -272,9 +272,10 @@ class IdentityResolver:
     def _pinned_start_time(self, pid: int) -> tuple[int, _Pin | None]:
         """The start time of the task ``pid`` names now, and its pin if it has one.
 
-        A new pin: the pidfd is opened first, then the start time read, then the pidfd must
-        still name a live task — so the pid named that task all along, and the start time
-        read is that task's."""
+        A new pin's pidfd is opened before the start time is read: the check after the other
+        /proc reads (``_resolve``: the pin still names a live task) then covers this read too,
+        so the pid named the pinned task all along. A pin whose task died meanwhile fails that
+        check and is dropped at its next use."""
         pins = self._pins
         if pins is None:
             return self._start_time(pid), None
@@ -284,11 +285,8 @@ class IdentityResolver:
         pidfd = pins.open(pid)
         if pidfd is None:
             return self._start_time(pid), None
-        pin = _Pin(pidfd, 0)  # owns the descriptor from here on, on every path
+        pin = _Pin(pidfd, 0)  # owns the descriptor from here on, also if the read below fails
         pin.start = self._start_time(pid)
-        if not pin.task_alive():
-            pin.close()
-            raise Unidentified(f"process {pid} exited and its pid was reused while identifying it")
         pins.keep(pid, pin)
         return pin.start, pin
 
