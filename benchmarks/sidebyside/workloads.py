@@ -3,11 +3,10 @@
 Every workload works below the mount of the system under test and returns {metric key:
 value}. The many-file workloads (CT study, metadata, and the Orthanc ingest) leave their files
 in place until the run ends (see ``fresh_folder``); the sequential and random workloads' single
-large file is removed afterwards (untimed). "Cold"
-means: the system is remounted (a new daemon, empty caches of its own) and the kernel's page
-cache is dropped. Write phases end durable: the last file is fsync'ed, or the backing file
-system is synced (syncfs), inside the timed region, so no system can win by leaving data in
-memory.
+large file is removed afterwards (untimed). "Cold" means: the system is remounted (a new
+daemon, empty caches of its own) and the kernel's page cache is dropped. Write phases end
+durable: the last file is fsync'ed, or the backing file system is synced (syncfs), inside the
+timed region, so no system can win by leaving data in memory.
 """
 
 from __future__ import annotations
