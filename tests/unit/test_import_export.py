@@ -176,9 +176,11 @@ def test_remove_source_on_a_rerun_verifies_content_first(volume: store.Volume, p
     # same size and time, other content: the quick check passes, the content check must not
     target = volume.backing / "exactly-64KiB.bin"
     st = target.stat()
+    # flip the byte rather than write a fixed one: the content is random and could hold it already
+    flipped = bytes([(plain / "exactly-64KiB.bin").read_bytes()[10] ^ 0xFF])
     handle = volume.open("/exactly-64KiB.bin", os.O_RDWR)
     try:
-        handle.write(b"X", 10)
+        handle.write(flipped, 10)
     finally:
         handle.close()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
