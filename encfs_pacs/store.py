@@ -41,7 +41,16 @@ from typing import NamedTuple, Protocol
 
 from . import durable
 from .crypto import keys, volume_config
-from .crypto.chunks import HEADER_BYTES, FileCipher, Layout, decode_header, encode_header, new_file_id
+from .crypto.chunks import (
+    CHUNK_OVERHEAD,
+    HEADER_BYTES,
+    Buffer,
+    FileCipher,
+    Layout,
+    decode_header,
+    encode_header,
+    new_file_id,
+)
 from .crypto.volume_config import (
     KDF_KEYFILE,
     KDF_SCRYPT,
@@ -469,27 +478,47 @@ class OpenFile:
     # -- reading -----------------------------------------------------------------------------
 
     def read(self, size: int, offset: int) -> bytes:
+        out = bytearray(size)
+        count = self.read_into(memoryview(out), offset)
+        return bytes(out[:count])
+
+    def read_into(self, out: memoryview, offset: int) -> int:
+        """Decrypt up to len(out) plaintext bytes at ``offset`` straight into ``out`` (the FUSE
+        reply buffer); returns how many. On IntegrityError ``out`` may hold unauthenticated
+        bytes, which the caller must not pass on."""
         with self._locked(write=False):
             try:
-                return self._read_locked(size, offset)
+                return self._read_into_locked(out, offset)
             except IntegrityError:
                 if not self.volume.shared:
                     raise
                 # Maybe a same-tick rewrite elsewhere (see FileState.recheck_header) left us a
                 # stale size or file ID: read everything again once; real damage fails again.
                 self.state.reload(os.fstat(self.fd))
-                return self._read_locked(size, offset)
+                return self._read_into_locked(out, offset)
 
-    def _read_locked(self, size: int, offset: int) -> bytes:
+    def _read_into_locked(self, out: memoryview, offset: int) -> int:
         self.state.check()
         file_size = self.state.size
-        end = min(offset + size, file_size)
+        end = min(offset + len(out), file_size)
         if offset >= end:
-            return b""
-        return self._read_plain(offset, end, file_size)
+            return 0
+        cs = self.layout.chunk_size
+        cipher, chunks = self._stored_chunks(offset // cs, (end - 1) // cs, file_size)
+        for index, stored, final in chunks:
+            chunk_start = index * cs
+            lo, hi = max(offset, chunk_start), min(end, chunk_start + cs)
+            target = out[lo - offset:hi - offset]
+            if lo == chunk_start and hi - lo == len(stored) - CHUNK_OVERHEAD:
+                cipher.decrypt_chunk_into(index, stored, final, target)  # no copy of the chunk
+            else:  # the request starts or ends inside this chunk
+                target[:] = cipher.decrypt_chunk(index, stored, final)[lo - chunk_start:hi - chunk_start]
+        return end - offset
 
-    def _read_chunks(self, first: int, last: int, file_size: int) -> list[bytes]:
-        """Decrypt chunks first..last (inclusive) of a file of ``file_size`` plaintext bytes."""
+    def _stored_chunks(self, first: int, last: int,
+                       file_size: int) -> tuple[FileCipher, list[tuple[int, memoryview, bool]]]:
+        """Chunks first..last (inclusive) of a file of ``file_size`` plaintext bytes, as stored,
+        read with one pread: (index, stored bytes, is final) each, and the file's cipher."""
         layout = self.layout
         cipher = self.state.cipher(self.fd)
         final_index = layout.chunk_count(file_size) - 1
@@ -501,20 +530,17 @@ class OpenFile:
             raise IntegrityError(f"file is shorter than its size says (chunk {first}..{last} missing)")
         step = layout.stored_chunk_size
         view = memoryview(raw)
-        return [
-            cipher.decrypt_chunk(i, view[(i - first) * step:(i - first + 1) * step], i == final_index)
-            for i in range(first, last + 1)
-        ]
+        return cipher, [(i, view[(i - first) * step:(i - first + 1) * step], i == final_index)
+                        for i in range(first, last + 1)]
 
-    def _read_plain(self, offset: int, end: int, file_size: int) -> bytes:
-        cs = self.layout.chunk_size
-        first, last = offset // cs, (end - 1) // cs
-        plain = b"".join(self._read_chunks(first, last, file_size))
-        return plain[offset - first * cs:end - first * cs]
+    def _read_chunks(self, first: int, last: int, file_size: int) -> list[bytes]:
+        """Decrypt chunks first..last (inclusive) of a file of ``file_size`` plaintext bytes."""
+        cipher, chunks = self._stored_chunks(first, last, file_size)
+        return [cipher.decrypt_chunk(index, stored, final) for index, stored, final in chunks]
 
     # -- writing -----------------------------------------------------------------------------
 
-    def write(self, data: bytes, offset: int) -> int:
+    def write(self, data: Buffer, offset: int) -> int:
         if not data:  # a zero-length write past the end must not grow the file
             return 0
         with self._locked(write=True):
@@ -525,7 +551,7 @@ class OpenFile:
                 offset = self.state.size
             if offset > self.state.size:
                 self._grow(offset)  # POSIX: the gap reads as zeros (stored encrypted, not as holes)
-            self._write_at(offset, bytes(data))
+            self._write_at(offset, data)  # read before this returns: a view of the caller's buffer is fine
         return len(data)
 
     def truncate(self, length: int) -> None:
@@ -556,7 +582,7 @@ class OpenFile:
         os.ftruncate(self.fd, layout.ciphertext_size(new_size))
         self.state.size = new_size
 
-    def _write_at(self, offset: int, data: bytes) -> None:
+    def _write_at(self, offset: int, data: Buffer) -> None:
         """Write ``data`` at ``offset`` <= size: re-encrypt exactly the chunks it touches."""
         if not data:
             return
@@ -571,12 +597,16 @@ class OpenFile:
         # re-encrypted even if no new byte lands in it (otherwise truncation detection breaks).
         start = min(first, old_final) if new_final > old_final else first
         cipher = self.state.cipher(self.fd)
-        sealed = []
+        data = memoryview(data)  # slices below are views, not copies
+        # Every chunk is sealed straight into its place in one buffer, written with one pwrite.
+        sealed = bytearray(layout.chunk_offset(last) + CHUNK_OVERHEAD + min(cs, new_size - last * cs)
+                           - layout.chunk_offset(start))
+        into = memoryview(sealed)
         for index in range(start, last + 1):
             chunk_start = index * cs
             chunk_end = min(chunk_start + cs, new_size)
             if offset <= chunk_start and end >= chunk_end:
-                plain = data[chunk_start - offset:chunk_end - offset]
+                plain: bytes | memoryview = data[chunk_start - offset:chunk_end - offset]
             else:
                 old = self._read_chunks(index, index, old_size)[0] if index <= old_final else b""
                 buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
@@ -584,7 +614,9 @@ class OpenFile:
                 if lo < hi:
                     buf[lo - chunk_start:hi - chunk_start] = data[lo - offset:hi - offset]
                 plain = bytes(buf)
-            sealed.append(cipher.encrypt_chunk(index, plain, final=index == new_final))
+            at = layout.chunk_offset(index) - layout.chunk_offset(start)
+            cipher.encrypt_chunk_into(index, plain, index == new_final,
+                                      into[at:at + chunk_end - chunk_start + CHUNK_OVERHEAD])
         # A write that fails half-way (disk full, file size limit) must not cost data that was
         # already stored: keep the old final chunk's ciphertext to put back, and cut the file
         # back to its old length, so the file stays exactly as it was before this write.
@@ -592,7 +624,7 @@ class OpenFile:
         saved_final = (os.pread(self.fd, layout.stored_chunk_size, old_final_offset)
                        if start <= old_final <= last else None)
         try:
-            self._pwrite_all(b"".join(sealed), layout.chunk_offset(start))
+            self._pwrite_all(sealed, layout.chunk_offset(start))
         except OSError:
             if saved_final is not None:
                 self._pwrite_all(saved_final, old_final_offset)
@@ -739,6 +771,9 @@ class CiphertextFile:
 
     def read(self, size: int, offset: int) -> bytes:
         return os.pread(self._fd, size, offset)
+
+    def read_into(self, out: memoryview, offset: int) -> int:
+        return os.preadv(self._fd, [out], offset)
 
     def stat(self) -> Attributes:
         # Attributes stay those of the plaintext file: the kernel keeps one size per inode for

@@ -19,12 +19,15 @@ from __future__ import annotations
 import secrets
 import struct
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import IntegrityError
 from .keys import file_key
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 MAGIC = b"EPAC"
 FILE_FORMAT_VERSION = 1
@@ -123,13 +126,36 @@ class FileCipher:
         nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, plaintext, self._aad(index, final))
 
-    def decrypt_chunk(self, index: int, stored: bytes, final: bool) -> bytes:
-        if len(stored) < CHUNK_OVERHEAD:
-            raise IntegrityError(f"chunk {index} is truncated")
+    def encrypt_chunk_into(self, index: int, plaintext: Buffer, final: bool, out: memoryview) -> None:
+        """Seal ``plaintext`` straight into ``out`` (exactly len(plaintext) + CHUNK_OVERHEAD
+        bytes): a write of many chunks fills one buffer instead of joining a copy of each."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        out[:NONCE_BYTES] = nonce
+        self._aead.encrypt_into(nonce, plaintext, self._aad(index, final), out[NONCE_BYTES:])
+
+    def decrypt_chunk(self, index: int, stored: Buffer, final: bool) -> bytes:
+        _check_length(index, stored)
         try:
             return self._aead.decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:], self._aad(index, final))
         except InvalidTag:
-            raise IntegrityError(
-                f"chunk {index} failed authentication (altered, moved, from another file or volume, "
-                "or the file was truncated)"
-            ) from None
+            raise _authentication_failed(index) from None
+
+    def decrypt_chunk_into(self, index: int, stored: Buffer, final: bool, out: memoryview) -> None:
+        """Open ``stored`` straight into ``out`` (exactly its plaintext length), e.g. the FUSE
+        reply buffer. On failure ``out`` holds unauthenticated bytes: the caller must not pass
+        it on (the FUSE layer answers EIO and sends none of it)."""
+        _check_length(index, stored)
+        try:
+            self._aead.decrypt_into(stored[:NONCE_BYTES], stored[NONCE_BYTES:], self._aad(index, final), out)
+        except InvalidTag:
+            raise _authentication_failed(index) from None
+
+
+def _check_length(index: int, stored: Buffer) -> None:
+    if len(stored) < CHUNK_OVERHEAD:
+        raise IntegrityError(f"chunk {index} is truncated")
+
+
+def _authentication_failed(index: int) -> IntegrityError:
+    return IntegrityError(f"chunk {index} failed authentication (altered, moved, from another file or "
+                          "volume, or the file was truncated)")

@@ -73,10 +73,16 @@ def fill_stat(out: mfusepy.c_stat, attributes: Attributes) -> None:
     out.st_ctimespec.tv_sec, out.st_ctimespec.tv_nsec = divmod(st.st_ctime_ns, 1_000_000_000)
 
 
+def _view(buf, size: int) -> memoryview:  # type: ignore[no-untyped-def]
+    """A writable byte view of libfuse's request buffer: valid only until the callback returns,
+    so nothing may keep it (or a slice of it) beyond that."""
+    return memoryview((ctypes.c_ubyte * size).from_address(ctypes.addressof(buf.contents))).cast("B")
+
+
 class EncfsFUSE(FUSE):
     """mfusepy's FUSE class with ftruncate's handle, rename flags, utimensat's NOW/OMIT,
-    attributes copied straight into struct stat, and worker threads that keep their Python
-    thread state.
+    attributes copied straight into struct stat, reads and writes on libfuse's own buffers, and
+    worker threads that keep their Python thread state.
 
     mfusepy drops renameat2 flags (so `mv -n` would silently overwrite), folds UTIME_NOW /
     UTIME_OMIT into bogus nanosecond counts (so `touch` would set strange times) and calls
@@ -93,6 +99,20 @@ class EncfsFUSE(FUSE):
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         fill_stat(buf.contents, self.operations.getattr(decoded, fi))
         return 0
+
+    def read(self, path: bytes | None, buf, size: int, offset: int, fip) -> int:  # type: ignore[no-untyped-def]
+        # mfusepy copies the bytes a read returns into libfuse's buffer; decrypting straight
+        # into that buffer saves the copy, and the join of the decrypted chunks before it.
+        fi = fip.contents if self.raw_fi else fip.contents.fh
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.read_into(decoded, _view(buf, size), offset, fi)
+
+    def write(self, path: bytes | None, buf, size: int, offset: int, fip) -> int:  # type: ignore[no-untyped-def]
+        # mfusepy copies libfuse's buffer into a bytes object first; the store only reads the
+        # data before the call returns, so a view of the buffer is enough.
+        fi = fip.contents if self.raw_fi else fip.contents.fh
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.write(decoded, _view(buf, size), offset, fi)
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip) -> int:  # type: ignore[no-untyped-def]
         # mfusepy drops the file handle of ftruncate(); an unlinked open file has no usable path

@@ -328,15 +328,22 @@ class EncryptedOperations(Operations):
             self.gate.created_by(grant, path)
         return self._register(Handle(file, grant), fi)
 
-    @_errno_boundary
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
-        handle = self._handle(fi)
-        data = handle.file.read(size, offset)
-        handle.grant.bytes_read += len(data)
-        return data
+        # The mount calls read_into (see _binding.EncfsFUSE.read); mfusepy registers READ with
+        # libfuse only if this method exists, and it reads the same way for any other caller.
+        out = bytearray(size)
+        return bytes(out[:self.read_into(path, memoryview(out), offset, fi)])
 
     @_errno_boundary
-    def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
+    def read_into(self, path: str | None, out: memoryview, offset: int, fi: Any) -> int:
+        """READ: up to len(out) bytes at ``offset`` into libfuse's reply buffer (see _binding)."""
+        handle = self._handle(fi)
+        count = handle.file.read_into(out, offset)
+        handle.grant.bytes_read += count
+        return count
+
+    @_errno_boundary
+    def write(self, path: str | None, data: memoryview, offset: int, fi: Any) -> int:
         handle = self._handle(fi)
         if not isinstance(handle.file, OpenFile):
             raise FuseOSError(errno.EBADF)

@@ -303,6 +303,30 @@ def test_chunk_round_trip_any_index(data: bytes, index: int, final: bool) -> Non
         cipher.decrypt_chunk(index ^ 1, stored, final)
 
 
+@settings(max_examples=100)
+@given(data=st.binary(max_size=300), index=st.integers(0, 2**64 - 1), final=st.booleans())
+def test_chunk_into_buffers_is_the_same_format(data: bytes, index: int, final: bool) -> None:
+    """Sealing and opening in place (the FUSE read/write path) read and write exactly what
+    encrypt_chunk/decrypt_chunk do, and touch no byte outside the slice they are given."""
+    cipher = Key(KAT_MASTER).cipher(KAT_FILE_ID)
+    sealed = bytearray(b"\xee" * (len(data) + CHUNK_OVERHEAD + 8))
+    cipher.encrypt_chunk_into(index, memoryview(data), final, memoryview(sealed)[4:-4])
+    assert sealed[:4] == sealed[-4:] == b"\xee" * 4
+    stored = bytes(sealed[4:-4])
+    assert cipher.decrypt_chunk(index, stored, final) == data
+    opened = bytearray(b"\xdd" * (len(data) + 8))
+    cipher.decrypt_chunk_into(index, memoryview(stored), final, memoryview(opened)[4:-4])
+    assert opened == b"\xdd" * 4 + data + b"\xdd" * 4
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_chunk_into(index, stored, not final, memoryview(opened)[4:-4])
+    tampered = bytearray(stored)
+    tampered[len(tampered) // 2] ^= 1
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_chunk_into(index, tampered, final, memoryview(opened)[4:-4])
+    with pytest.raises(ValueError):  # a buffer of the wrong size is a programming error, refused
+        cipher.decrypt_chunk_into(index, stored, final, memoryview(bytearray(len(data) + 1)))
+
+
 def test_nonces_are_fresh() -> None:
     cipher = Key(KAT_MASTER).cipher(KAT_FILE_ID)
     sealed = {cipher.encrypt_chunk(0, b"same plaintext", True) for _ in range(50)}
@@ -323,6 +347,8 @@ def test_truncated_stored_chunk() -> None:
     cipher = FileCipher(keys.content_key(KAT_MASTER), keys.key_id(KAT_MASTER), KAT_FILE_ID)
     with pytest.raises(IntegrityError):
         cipher.decrypt_chunk(0, bytes(27), True)
+    with pytest.raises(IntegrityError):
+        cipher.decrypt_chunk_into(0, bytes(27), True, memoryview(bytearray(0)))
 
 
 def test_docs_state_the_labels_and_vectors() -> None:
