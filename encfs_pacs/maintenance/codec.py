@@ -45,7 +45,7 @@ def read_full(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -74,10 +74,13 @@ def seal(volume: Volume, src: int, dst: int, tick: Tick = _noop) -> tuple[int, s
         # Keep at least one byte back: the last chunk is sealed only once end of file says it
         # is final (a file of exactly n chunks ends with a full final chunk).
         full = (len(data) - 1) // cs
-        view = memoryview(data)
-        sealed = [cipher.encrypt_chunk(index + i, bytes(view[i * cs:(i + 1) * cs]), final=False)
-                  for i in range(full)]
-        write_all(dst, b"".join(sealed))
+        view, step = memoryview(data), cs + CHUNK_OVERHEAD
+        sealed = bytearray(full * step)  # each chunk sealed in place: no copy per chunk, no join
+        into = memoryview(sealed)
+        for i in range(full):
+            cipher.encrypt_chunk_into(index + i, view[i * cs:(i + 1) * cs], False,
+                                      into[i * step:(i + 1) * step])
+        write_all(dst, sealed)
         index += full
         carry = data[full * cs:]
         tick(len(block))
