@@ -3,8 +3,12 @@
 Records are queued by the FUSE request threads and written by one worker thread, in the order
 they were queued. For an open or a release of a regular file the worker looks up the file's
 DICOM tags (cached per file version) before writing, so a PACS read never waits for a header
-parse. For records of operations that remove or change a file (delete, rename, truncate) the
-caller looks the tags up *before* the operation, while the file still exists.
+parse. The worker takes records in batches: woken by the first record of a burst, it waits
+BATCH_SECONDS for the rest and then writes them all. Waking it for every record made the
+request threads and the worker hand the one Python lock (the GIL) back and forth at every
+system call, which cost more CPU than the records themselves (docs/performance.md).
+For records of operations that remove or change a file (delete, rename, truncate) the caller
+looks the tags up *before* the operation, while the file still exists.
 
 If the writer fails (disk full, log removed, …) the sink remembers why; ``check`` then raises it
 so the gate refuses new opens (fail closed) — unless ``fail_open`` was chosen, in which case the
@@ -14,9 +18,10 @@ dropped silently: its summary goes to the daemon log.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
+import time
 from typing import Any, Protocol
 
 from ..errors import AuditUnavailable, EncfsPacsError
@@ -27,6 +32,9 @@ log = logging.getLogger("encfs_pacs.audit")
 # Events whose object is looked up by the worker (the file still exists when it runs).
 ENRICHED_LATER = frozenset({"open", "release"})
 QUEUE_LIMIT = 10_000  # beyond this, request threads wait: back-pressure rather than lost records
+# How long the worker lets a burst of records gather once the first one woke it. It delays a
+# record by at most this much on its way to the log, whose own commit interval is 0.2 s.
+BATCH_SECONDS = 0.005
 _STOP = object()
 
 
@@ -41,7 +49,11 @@ class EnrichingAudit:
         self._tags = tags
         self._fail_open = fail_open
         self._refusal_logged = False  # one log line per outage, not one per refused open
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_LIMIT)
+        # deque.append/popleft are atomic: request threads queue a record without taking a lock
+        # or waking anybody, unless the worker is asleep (see append).
+        self._pending: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._room = threading.Condition()  # signalled after each batch, for back-pressure
         self._failure: Exception | None = None
         self._worker = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._worker.start()
@@ -54,7 +66,17 @@ class EnrichingAudit:
     # -- used by the gate ------------------------------------------------------------------
 
     def append(self, payload: dict[str, Any]) -> None:
-        self._queue.put(payload)
+        if len(self._pending) >= QUEUE_LIMIT:
+            self._wait_for_room()
+        self._pending.append(payload)
+        if not self._wake.is_set():  # (a record queued after the worker's clear sets it again)
+            self._wake.set()
+
+    def _wait_for_room(self) -> None:
+        with self._room:
+            while len(self._pending) >= QUEUE_LIMIT and self._worker.is_alive():
+                self._wake.set()
+                self._room.wait(0.05)
 
     def check(self) -> None:
         """Raise the writer's failure if the audit trail is down and we fail closed."""
@@ -77,7 +99,11 @@ class EnrichingAudit:
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every record queued so far is on disk (or the writer failed/timed out)."""
-        self._queue.join()
+        handed_over = threading.Event()  # set by the worker once the records before it are written
+        self._pending.append(handed_over)
+        self._wake.set()
+        if not handed_over.wait(timeout) and self._worker.is_alive():
+            log.warning("audit records not yet handed to the log after %.0f s", timeout)
         flush = getattr(self._writer, "flush", None)
         if flush is not None:
             try:
@@ -86,7 +112,8 @@ class EnrichingAudit:
                 log.warning("audit records not yet on disk: %s", exc)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._pending.append(_STOP)
+        self._wake.set()
         self._worker.join(timeout=60)
         try:
             self._writer.close()
@@ -97,13 +124,21 @@ class EnrichingAudit:
 
     def _run(self) -> None:
         while True:
-            payload = self._queue.get()
+            self._wake.wait()  # until the first record of a burst
+            time.sleep(BATCH_SECONDS)  # let the rest of it gather
+            self._wake.clear()  # before draining: whatever comes after the clear wakes us again
             try:
-                if payload is _STOP:
-                    return
-                self._write(payload)
+                while self._pending:
+                    item = self._pending.popleft()
+                    if item is _STOP:
+                        return
+                    if isinstance(item, threading.Event):
+                        item.set()  # a flush: everything queued before it is written
+                    else:
+                        self._write(item)
             finally:
-                self._queue.task_done()
+                with self._room:
+                    self._room.notify_all()
 
     def _write(self, payload: dict[str, Any]) -> None:
         obj = payload.get("object")
@@ -114,6 +149,9 @@ class EnrichingAudit:
                 obj["dicom"] = tags
         try:
             self._writer.append(payload)
+        except (TypeError, ValueError):  # a record the log cannot hold: a bug, never a stopped trail
+            log.exception("audit record NOT written (malformed): %s %s", payload.get("event"),
+                          payload.get("outcome"))
         except (OSError, EncfsPacsError) as exc:
             if self._failure is None:
                 log.error("the audit log cannot be written (%s); %s", exc,

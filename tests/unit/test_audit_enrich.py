@@ -113,3 +113,70 @@ def test_a_buffering_writer_outage_refuses_access_and_says_so_once(caplog: pytes
         sink.check()
     assert caplog.text.count("file access is refused until the audit log") == 2  # a new outage
     sink.close()
+
+
+def test_records_from_many_threads_are_all_written_in_each_threads_order() -> None:
+    """Request threads queue without a lock while the worker drains in batches: no record may
+    fall between the worker's wake-up and its drain."""
+    writer = FakeWriter()
+    sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
+    per_thread = 2_000
+
+    def request_thread(name: str) -> None:
+        for number in range(per_thread):
+            sink.append(record("create", f"/{name}/{number}"))
+            if number % 500 == 0:
+                sink.flush()
+
+    threads = [threading.Thread(target=request_thread, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sink.flush()
+    for i in range(4):
+        written = [r["object"]["path"] for r in writer.records if r["object"]["path"].startswith(f"/t{i}/")]
+        assert written == [f"/t{i}/{n}" for n in range(per_thread)]
+    sink.close()
+
+
+def test_a_full_queue_holds_the_request_thread_until_the_worker_catches_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("encfs_pacs.audit.enrich.QUEUE_LIMIT", 10)
+    writer = FakeWriter()
+    writer.gate.clear()  # the log is stalled
+    sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
+    done = threading.Event()
+
+    def request_thread() -> None:
+        for number in range(30):
+            sink.append(record("create", f"/{number}"))
+        done.set()
+
+    threading.Thread(target=request_thread, daemon=True).start()
+    assert not done.wait(0.5)  # back-pressure: it waits instead of piling records up
+    writer.gate.set()
+    assert done.wait(10)
+    sink.flush()
+    assert [r["object"]["path"] for r in writer.records] == [f"/{n}" for n in range(30)]
+    sink.close()
+
+
+def test_a_malformed_record_is_logged_and_the_worker_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    writer = FakeWriter()
+    sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
+    real_append = writer.append
+
+    def picky_append(payload: dict[str, Any]) -> None:
+        if payload["object"]["path"] == "/bad":
+            raise TypeError("a float in the record")
+        real_append(payload)
+
+    writer.append = picky_append  # type: ignore[method-assign]
+    for path in ("/a", "/bad", "/b"):
+        sink.append(record("create", path))
+    sink.flush()
+    assert [r["object"]["path"] for r in writer.records] == ["/a", "/b"]
+    assert "audit record NOT written (malformed): create allowed" in caplog.text
+    sink.check()  # one bad record is a bug to fix, not a reason to refuse every access
+    sink.close()
