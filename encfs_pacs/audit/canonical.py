@@ -75,7 +75,43 @@ def check_payload(payload: Any) -> dict[str, Any]:
     reserved = ENVELOPE_KEYS.intersection(payload)
     if reserved:
         raise ValueError(f"audit payload uses member(s) the writer owns: {sorted(reserved)}")
-    return _copy(payload, "payload")
+    try:
+        return _copy_valid(payload)
+    except _Invalid:
+        return _copy(payload, "payload")  # walks it again to say where and what: raises
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _copy_valid(value: Any) -> Any:
+    """_copy without the location of each member: the per-record path (two records per file a
+    PACS opens), where building every member's location string cost more than the copy."""
+    if isinstance(value, str):
+        if not value.isascii() and not _encodable(value):
+            raise _Invalid
+        return value
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or (not key.isascii() and not _encodable(key)):
+                raise _Invalid
+            out[key] = _copy_valid(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_copy_valid(item) for item in value]
+    raise _Invalid
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _copy(value: Any, where: str) -> Any:

@@ -6,11 +6,19 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from encfs_pacs.audit import text
-from encfs_pacs.audit.canonical import NotCanonical, canonical, check_payload, parse_canonical
+from encfs_pacs.audit.canonical import (
+    NotCanonical,
+    _copy,
+    _copy_valid,
+    _Invalid,
+    canonical,
+    check_payload,
+    parse_canonical,
+)
 from encfs_pacs.audit.records import HashMismatch, decode_line, encode_line, seal_message
 
 
@@ -91,3 +99,25 @@ def test_canonical_round_trip(value: dict[str, Any]) -> None:
         return
     assert parse_canonical(raw) == value
     assert canonical(json.loads(raw)) == raw
+
+
+any_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(), st.floats(), st.binary(max_size=3),
+                     st.sampled_from(["\udcff", "caf\u00e9", "/bad\udc80.dcm"]))
+any_value = st.recursive(any_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.tuples(inner), st.frozensets(st.integers(), max_size=2),
+    st.dictionaries(st.one_of(st.text(max_size=3), st.integers(), st.just("\udcff")), inner, max_size=3)),
+    max_leaves=12)
+
+
+@settings(max_examples=300)
+@given(value=any_value)
+def test_fast_payload_check_accepts_and_copies_exactly_what_the_explaining_one_does(value: object) -> None:
+    """check_payload copies without naming members and walks again only to explain a refusal:
+    both walks must agree on every value."""
+    try:
+        explained = _copy(value, "payload")
+    except (TypeError, ValueError):
+        with pytest.raises(_Invalid):
+            _copy_valid(value)
+    else:
+        assert _copy_valid(value) == explained
