@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from .audit.canonical import text
 from .errors import AccessDenied, EncfsPacsError
 from .policy.decide import Decision, decide, stored_before
 from .policy.guard import RateGuard, RecentCreations
@@ -177,11 +178,14 @@ class AccessGate:
             "op": str(op) if op is not None else None,
             "rule": decision.rule_id if decision is not None else None,
             "view": str(decision.view) if decision is not None else None,
-            "who": who(caller), "program": program(caller), "object": {"path": path},
+            "who": who(caller), "program": program(caller), "object": {"path": text(path)},
         }
         if caller.unidentified is not None:
             payload["program"]["unidentified"] = caller.unidentified
-        payload["object"].update(extra.pop("object", {}))
+        # Names may hold bytes that are not UTF-8 (mfusepy decodes with surrogateescape): the
+        # log takes them only as \xNN escapes (docs/audit-format.md).
+        payload["object"].update({key: text(value) if isinstance(value, str) else value
+                                  for key, value in extra.pop("object", {}).items()})
         payload.update(extra)
         self.audit.append(payload)
 
@@ -212,7 +216,7 @@ class AccessGate:
 
     def record_integrity_failure(self, path: str, detail: str) -> None:
         self.audit.append({"event": "integrity-failure", "outcome": "error", "alert": True,
-                           "errno": errno_module.EIO, "object": {"path": path}, "detail": detail})
+                           "errno": errno_module.EIO, "object": {"path": text(path)}, "detail": text(detail)})
 
     # -- bookkeeping for write-once ---------------------------------------------------------
 

@@ -478,9 +478,8 @@ class OpenFile:
     # -- reading -----------------------------------------------------------------------------
 
     def read(self, size: int, offset: int) -> bytes:
-        out = bytearray(size)
-        count = self.read_into(memoryview(out), offset)
-        return bytes(out[:count])
+        out = memoryview(bytearray(size))
+        return bytes(out[:self.read_into(out, offset)])
 
     def read_into(self, out: memoryview, offset: int) -> int:
         """Decrypt up to len(out) plaintext bytes at ``offset`` straight into ``out`` (the FUSE
@@ -541,6 +540,7 @@ class OpenFile:
     # -- writing -----------------------------------------------------------------------------
 
     def write(self, data: Buffer, offset: int) -> int:
+        data = memoryview(data).cast("B")  # bytes, whatever the caller's view counts in
         if not data:  # a zero-length write past the end must not grow the file
             return 0
         with self._locked(write=True):
@@ -633,7 +633,7 @@ class OpenFile:
             raise
         self.state.size = new_size
 
-    def _pwrite_all(self, data: bytes, offset: int) -> None:
+    def _pwrite_all(self, data: Buffer, offset: int) -> None:
         view = memoryview(data)
         while view:
             written = os.pwrite(self.fd, view, offset)

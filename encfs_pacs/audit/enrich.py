@@ -25,6 +25,7 @@ import time
 from typing import Any, Protocol
 
 from ..errors import AuditUnavailable, EncfsPacsError
+from .canonical import text
 from .dicom import DicomTagCache
 
 log = logging.getLogger("encfs_pacs.audit")
@@ -36,6 +37,20 @@ QUEUE_LIMIT = 10_000  # beyond this, request threads wait: back-pressure rather 
 # record by at most this much on its way to the log, whose own commit interval is 0.2 s.
 BATCH_SECONDS = 0.005
 _STOP = object()
+
+
+def writable(value: Any) -> Any:
+    """A copy the log accepts of any payload: undecodable text escaped (canonical.text), and
+    what JSON records cannot hold (floats, bytes, sets, …) written as its repr."""
+    if isinstance(value, str):
+        return text(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, dict):
+        return {text(str(key)): writable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [writable(item) for item in value]
+    return text(repr(value))
 
 
 class Writer(Protocol):
@@ -55,6 +70,7 @@ class EnrichingAudit:
         self._wake = threading.Event()
         self._room = threading.Condition()  # signalled after each batch, for back-pressure
         self._failure: Exception | None = None
+        self._closing = False
         self._worker = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._worker.start()
 
@@ -74,13 +90,17 @@ class EnrichingAudit:
 
     def _wait_for_room(self) -> None:
         with self._room:
-            while len(self._pending) >= QUEUE_LIMIT and self._worker.is_alive():
+            while len(self._pending) >= QUEUE_LIMIT:
+                if not self._worker.is_alive():
+                    raise self._stopped()
                 self._wake.set()
                 self._room.wait(0.05)
 
     def check(self) -> None:
         """Raise the writer's failure if the audit trail is down and we fail closed."""
         failure = getattr(self._writer, "failed", None) or self._failure
+        if failure is None and not self._closing and not self._worker.is_alive():
+            failure = self._stopped()
         if failure is None:
             self._refusal_logged = False
             return
@@ -102,8 +122,9 @@ class EnrichingAudit:
         handed_over = threading.Event()  # set by the worker once the records before it are written
         self._pending.append(handed_over)
         self._wake.set()
-        if not handed_over.wait(timeout) and self._worker.is_alive():
-            log.warning("audit records not yet handed to the log after %.0f s", timeout)
+        if not handed_over.wait(timeout):
+            log.warning("audit records not yet handed to the log after %.0f s%s", timeout,
+                        "" if self._worker.is_alive() else " (its worker has stopped)")
         flush = getattr(self._writer, "flush", None)
         if flush is not None:
             try:
@@ -112,6 +133,7 @@ class EnrichingAudit:
                 log.warning("audit records not yet on disk: %s", exc)
 
     def close(self) -> None:
+        self._closing = True
         self._pending.append(_STOP)
         self._wake.set()
         self._worker.join(timeout=60)
@@ -119,6 +141,9 @@ class EnrichingAudit:
             self._writer.close()
         except (OSError, EncfsPacsError) as exc:
             log.error("closing the audit log failed: %s", exc)
+
+    def _stopped(self) -> AuditUnavailable:
+        return AuditUnavailable("the audit worker has stopped (see the daemon log); remount to restart it")
 
     # -- the worker ------------------------------------------------------------------------
 
@@ -136,9 +161,30 @@ class EnrichingAudit:
                         item.set()  # a flush: everything queued before it is written
                     else:
                         self._write(item)
+            except BaseException:
+                # A bug: fail closed (check() refuses access from now on) rather than go on
+                # serving without a trail.
+                log.exception("the audit worker stopped on an internal error; file access is refused")
+                raise
             finally:
                 with self._room:
                     self._room.notify_all()
+
+    def _append_or_repair(self, payload: dict[str, Any]) -> None:
+        """A record the log refuses as built (e.g. a file name that is not UTF-8) is written
+        repaired, with a note why, rather than skipped: no access goes unrecorded."""
+        try:
+            self._writer.append(payload)
+            return
+        except (TypeError, ValueError) as exc:
+            problem = exc
+        log.warning("audit record repaired before writing (%s): %s %s", problem, payload.get("event"),
+                    payload.get("outcome"))
+        try:
+            self._writer.append({**writable(payload), "repaired": str(problem)})
+        except (TypeError, ValueError):
+            log.exception("audit record NOT written (malformed): %s %s", payload.get("event"),
+                          payload.get("outcome"))
 
     def _write(self, payload: dict[str, Any]) -> None:
         obj = payload.get("object")
@@ -148,10 +194,7 @@ class EnrichingAudit:
             if tags:
                 obj["dicom"] = tags
         try:
-            self._writer.append(payload)
-        except (TypeError, ValueError):  # a record the log cannot hold: a bug, never a stopped trail
-            log.exception("audit record NOT written (malformed): %s %s", payload.get("event"),
-                          payload.get("outcome"))
+            self._append_or_repair(payload)
         except (OSError, EncfsPacsError) as exc:
             if self._failure is None:
                 log.error("the audit log cannot be written (%s); %s", exc,

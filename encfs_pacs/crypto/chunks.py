@@ -142,12 +142,13 @@ class FileCipher:
 
     def decrypt_chunk_into(self, index: int, stored: Buffer, final: bool, out: memoryview) -> None:
         """Open ``stored`` straight into ``out`` (exactly its plaintext length), e.g. the FUSE
-        reply buffer. On failure ``out`` holds unauthenticated bytes: the caller must not pass
-        it on (the FUSE layer answers EIO and sends none of it)."""
+        reply buffer. On failure ``out`` is zeroed: the decryption writes before it checks the
+        tag, and unauthenticated plaintext must not linger where a caller might pass it on."""
         _check_length(index, stored)
         try:
             self._aead.decrypt_into(stored[:NONCE_BYTES], stored[NONCE_BYTES:], self._aad(index, final), out)
         except InvalidTag:
+            out[:] = bytes(len(out))
             raise _authentication_failed(index) from None
 
 

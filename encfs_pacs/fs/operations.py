@@ -331,8 +331,8 @@ class EncryptedOperations(Operations):
     def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
         # The mount calls read_into (see _binding.EncfsFUSE.read); mfusepy registers READ with
         # libfuse only if this method exists, and it reads the same way for any other caller.
-        out = bytearray(size)
-        return bytes(out[:self.read_into(path, memoryview(out), offset, fi)])
+        out = memoryview(bytearray(size))
+        return bytes(out[:self.read_into(path, out, offset, fi)])
 
     @_errno_boundary
     def read_into(self, path: str | None, out: memoryview, offset: int, fi: Any) -> int:

@@ -406,3 +406,18 @@ def test_policy_change_takes_effect_at_the_next_decision() -> None:
         gate.authorize(ctx(PACS_2), Op.READ, "/db/1.dcm")
     gate.holder._policy = Policy(rules=(PACS_RULE,), source="new.toml")  # what a reload does
     gate.authorize(ctx(PACS_2), Op.READ, "/db/1.dcm")
+
+
+def test_names_that_are_not_utf8_reach_the_trail_escaped() -> None:
+    """mfusepy decodes file names with surrogateescape; the log takes such bytes only as \\xNN."""
+    gate, audit, _ = make_gate(PACS_RULE)
+    with pytest.raises(AccessDenied):
+        gate.authorize(ctx(CP), Op.READ, "/db/caf\udce9.dcm", event="open")
+    grant = gate.authorize(ctx(PACS), Op.RENAME, "/db/a\udcff.dcm", event="rename")
+    with gate.audited(grant, "rename", object={"new_path": "/db/b\udcfe.dcm"}):
+        pass
+    gate.record_integrity_failure("/db/c\udcfd.dcm", "chunk 0 of /db/c\udcfd.dcm failed")
+    paths = [r["object"].get("path") for r in audit]
+    assert paths == ["/db/caf\\xe9.dcm", "/db/a\\xff.dcm", "/db/c\\xfd.dcm"]
+    assert audit[1]["object"]["new_path"] == "/db/b\\xfe.dcm"
+    assert audit[2]["detail"] == "chunk 0 of /db/c\\xfd.dcm failed"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
 
+from encfs_pacs.audit.canonical import check_payload
 from encfs_pacs.audit.enrich import EnrichingAudit
-from encfs_pacs.errors import EncfsPacsError
+from encfs_pacs.errors import AuditUnavailable, EncfsPacsError
 
 
 class FakeWriter:
@@ -162,21 +164,62 @@ def test_a_full_queue_holds_the_request_thread_until_the_worker_catches_up(
     sink.close()
 
 
-def test_a_malformed_record_is_logged_and_the_worker_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_record_the_log_refuses_is_written_repaired(caplog: pytest.LogCaptureFixture) -> None:
+    """No access goes unrecorded because its record was built wrong (a bug elsewhere)."""
+
+    class CheckingWriter(FakeWriter):
+        def append(self, payload: dict[str, Any]) -> None:
+            super().append(check_payload(payload))  # the real log's validation
+
+    writer = CheckingWriter()
+    sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
+    sink.append(record("create", "/a"))
+    sink.append({**record("open", "/caf\udce9.dcm"), "size": 1.5})
+    sink.append(record("create", "/b"))
+    sink.append({"event": "", "outcome": "allowed"})  # cannot be repaired: logged, not written
+    sink.flush()
+    assert [r["object"]["path"] for r in writer.records] == ["/a", "/caf\\xe9.dcm", "/b"]
+    repaired = writer.records[1]
+    assert repaired["size"] == "1.5" and "not valid Unicode" in repaired["repaired"]
+    assert "audit record repaired before writing" in caplog.text
+    assert "audit record NOT written (malformed)" in caplog.text
+    sink.check()  # a record built wrong is a bug to fix, not a reason to refuse every access
+    sink.close()
+
+
+def test_records_reach_the_log_without_a_flush() -> None:
+    """A record queued while the worker is busy wakes it again: none waits for a flush. The next
+    record is queued the moment the last one arrived, i.e. while the worker finishes its drain."""
     writer = FakeWriter()
     sink = EnrichingAudit(writer, None)  # type: ignore[arg-type]
-    real_append = writer.append
+    for number in range(60):
+        sink.append(record("create", f"/{number}"))
+        deadline = time.monotonic() + 1
+        while len(writer.records) <= number and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        assert len(writer.records) == number + 1, f"record {number} waited for a flush"
+    sink.close()
 
-    def picky_append(payload: dict[str, Any]) -> None:
-        if payload["object"]["path"] == "/bad":
-            raise TypeError("a float in the record")
-        real_append(payload)
 
-    writer.append = picky_append  # type: ignore[method-assign]
-    for path in ("/a", "/bad", "/b"):
-        sink.append(record("create", path))
-    sink.flush()
-    assert [r["object"]["path"] for r in writer.records] == ["/a", "/b"]
-    assert "audit record NOT written (malformed): create allowed" in caplog.text
-    sink.check()  # one bad record is a bug to fix, not a reason to refuse every access
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the point
+def test_a_worker_that_dies_fails_closed(caplog: pytest.LogCaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    class BrokenTags:
+        def tags(self, path: str) -> None:
+            raise RuntimeError("a bug in the DICOM lookup")
+
+    monkeypatch.setattr("encfs_pacs.audit.enrich.QUEUE_LIMIT", 5)
+    writer = FakeWriter()
+    sink = EnrichingAudit(writer, BrokenTags())  # type: ignore[arg-type]
+    sink.check()
+    sink.append(record("open", "/s/1.dcm"))
+    sink._worker.join(5)
+    assert not sink._worker.is_alive()
+    assert "the audit worker stopped on an internal error" in caplog.text
+    with pytest.raises(AuditUnavailable, match="audit worker has stopped"):
+        sink.check()  # the gate refuses access rather than serve without a trail
+    for number in range(5):
+        sink.append(record("create", f"/{number}"))
+    with pytest.raises(AuditUnavailable):  # and does not pile records up without end
+        sink.append(record("create", "/one-too-many"))
     sink.close()
