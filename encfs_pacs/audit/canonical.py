@@ -11,7 +11,8 @@ canonicalizers disagree; integers are written as exact decimal digits (docs/audi
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 # Top-level member names the writer owns. A payload carrying one would spoof the envelope.
 ENVELOPE_KEYS = frozenset({"seq", "time", "mono_ns", "prev", "hash", "audit", "sig"})
@@ -76,47 +77,22 @@ def check_payload(payload: Any) -> dict[str, Any]:
     if reserved:
         raise ValueError(f"audit payload uses member(s) the writer owns: {sorted(reserved)}")
     try:
-        return _copy_valid(payload)
+        return _copy(payload, None)
     except _Invalid:
         return _copy(payload, "payload")  # walks it again to say where and what: raises
 
 
 class _Invalid(Exception):
-    pass
+    """A refusal found by a walk that does not name locations (see _copy)."""
 
 
-def _copy_valid(value: Any) -> Any:
-    """_copy without the location of each member: the per-record path (two records per file a
-    PACS opens), where building every member's location string cost more than the copy."""
+def _copy(value: Any, where: str | None) -> Any:
+    """Validated deep copy. ``where`` names the member for error messages; None skips building
+    those names (the per-record path, two records per file a PACS opens, where the names cost
+    more than the copy) and raises _Invalid on a refusal instead."""
     if isinstance(value, str):
-        if not value.isascii() and not _encodable(value):
-            raise _Invalid
-        return value
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or (not key.isascii() and not _encodable(key)):
-                raise _Invalid
-            out[key] = _copy_valid(item)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_copy_valid(item) for item in value]
-    raise _Invalid
-
-
-def _encodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _copy(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-        _check_text(value, where)
+        if not value.isascii():  # (inline: almost every string is ASCII)
+            _check_text(value, where)
         return value
     if value is None or isinstance(value, (bool, int)):
         return value
@@ -124,25 +100,33 @@ def _copy(value: Any, where: str) -> Any:
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise TypeError(f"audit {where}: member name {key!r} is not a string")
-            _check_text(key, where)
-            out[key] = _copy(item, f"{where}.{key}")
+                _refuse(where, TypeError,
+                        lambda key=key: f"audit {where}: member name {key!r} is not a string")
+            if not key.isascii():
+                _check_text(key, where)
+            out[key] = _copy(item, where and f"{where}.{key}")
         return out
     if isinstance(value, (list, tuple)):
-        return [_copy(item, f"{where}[]") for item in value]
+        inner = where and f"{where}[]"
+        return [_copy(item, inner) for item in value]
     if isinstance(value, float):
-        raise TypeError(f"audit {where} is a float ({value!r}): floats are not allowed in records "
-                        "(their canonical form is ambiguous); use an integer or a string")
-    raise TypeError(f"audit {where} is a {type(value).__name__}, which JSON cannot hold")
+        _refuse(where, TypeError, lambda: f"audit {where} is a float ({value!r}): floats are not allowed "
+                "in records (their canonical form is ambiguous); use an integer or a string")
+    _refuse(where, TypeError, lambda: f"audit {where} is a {type(value).__name__}, which JSON cannot hold")
 
 
-def _check_text(value: str, where: str) -> None:
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"audit {where} holds text that is not valid Unicode (undecodable bytes "
-                             "in a file name?): pass it through encfs_pacs.audit.text()") from None
+def _refuse(where: str | None, error: type[Exception], message: Callable[[], str]) -> NoReturn:
+    if where is None:
+        raise _Invalid
+    raise error(message())
+
+
+def _check_text(value: str, where: str | None) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        _refuse(where, ValueError, lambda: f"audit {where} holds text that is not valid Unicode "
+                "(undecodable bytes in a file name?): pass it through encfs_pacs.audit.text()")
 
 
 class NotCanonical(ValueError):
