@@ -164,7 +164,8 @@ class EnrichingAudit:
             except BaseException:
                 # A bug: fail closed (check() refuses access from now on) rather than go on
                 # serving without a trail.
-                log.exception("the audit worker stopped on an internal error; file access is refused")
+                log.exception("the audit worker stopped on an internal error; file access is refused; "
+                              "%d queued record(s) will not be written", len(self._pending))
                 raise
             finally:
                 with self._room:
