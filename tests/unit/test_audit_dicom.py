@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from encfs_pacs import store
-from encfs_pacs.audit.dicom import DicomTagCache
+from encfs_pacs.audit.dicom import AUDITED_TAGS, WHOLE_FILE_BYTES, DicomTagCache
 
 SECRET = store.Secret("passphrase", b"unit tests")
 SAMPLES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -106,3 +106,27 @@ def test_the_lookup_leaves_the_atime_alone(volume: store.Volume, data: bytes) ->
     os.utime(backing, ns=(1_000_000_001_123_456_789, 1_100_000_002_987_654_321))
     DicomTagCache(volume).tags("/f")
     assert os.stat(backing).st_atime_ns == 1_000_000_001_123_456_789
+
+
+def dcmread_tags(source: Path) -> dict[str, str] | None:
+    """What pydicom's own dcmread makes of the audited tags (the lookup stops earlier)."""
+    try:
+        dataset = pydicom.dcmread(source, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - not a Part 10 file: the lookup says None too
+        return None
+    tags = {tag: str(dataset.get(tag)) for tag in AUDITED_TAGS if dataset.get(tag) not in (None, "")}
+    return tags or None
+
+
+@pytest.mark.parametrize("whole_file_bytes", [WHOLE_FILE_BYTES, 0], ids=["in-memory", "streamed"])
+def test_every_sample_gives_the_tags_dcmread_gives(volume: store.Volume, monkeypatch: pytest.MonkeyPatch,
+                                                   whole_file_bytes: int) -> None:
+    """Stopping after the last audited tag, in memory or streamed, changes no answer: explicit and
+    implicit VR, big endian, deflated, compressed pixel data, sequences, files without meta."""
+    monkeypatch.setattr("encfs_pacs.audit.dicom.WHOLE_FILE_BYTES", whole_file_bytes)
+    samples = sorted(SAMPLES.glob("*.dcm"))
+    assert len(samples) > 50
+    cache = DicomTagCache(volume)
+    for number, source in enumerate(samples):
+        put(volume, f"/{number}.dcm", source.read_bytes())
+        assert cache.tags(f"/{number}.dcm") == dcmread_tags(source), source.name
