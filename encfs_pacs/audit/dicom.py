@@ -128,8 +128,8 @@ class DicomTagCache:
                 return None
             size = handle.state.size
             if size <= WHOLE_FILE_BYTES:
-                # In memory, pydicom parses a header twice as fast: through BufferedReader every
-                # one of its ~500 tell() calls per header calls our Python reader's tell().
+                # In memory, pydicom's ~500 tell() calls per header stay in C; through the
+                # BufferedReader each of them calls our Python reader's tell() (docs/performance.md).
                 return parse_tags(io.BytesIO(handle.read(size, 0)))
             return parse_tags(io.BufferedReader(_PlainReader(handle, size, path), buffer_size=16384))
         except Exception as exc:
