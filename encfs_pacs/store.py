@@ -483,8 +483,8 @@ class OpenFile:
 
     def read_into(self, out: memoryview, offset: int) -> int:
         """Decrypt up to len(out) plaintext bytes at ``offset`` straight into ``out`` (the FUSE
-        reply buffer); returns how many. On IntegrityError ``out`` may hold unauthenticated
-        bytes, which the caller must not pass on."""
+        reply buffer); returns how many. On IntegrityError the read failed as a whole: chunks
+        before the damaged one are in ``out``, the damaged one is zeroed (decrypt_chunk_into)."""
         with self._locked(write=False):
             try:
                 return self._read_into_locked(out, offset)
