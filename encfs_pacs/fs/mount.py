@@ -47,11 +47,12 @@ READ_AHEAD_KB = 1024
 # limit is the same number (fuse_options).
 FUSE_WORKERS = 16
 # glibc malloc, the daemon's settings (mallopt(3)). With its defaults, a 1 MiB request buffer
-# (mfusepy's copy of a write, the plaintext copy, the sealed chunks, a read's reply) comes from
-# mmap and goes back at free, or the worker's arena is trimmed: every request faults its
-# buffers' pages in again (~200 000 page faults per GiB written, up to half the daemon's CPU).
-# glibc raises its thresholds by itself only after certain frees, so a mount was fast or slow
-# by chance (1 GiB written: 320-490 MiB/s, 0.73-1.44 s system CPU; fixed: 530-630, 0.37-0.58 s).
+# (a write's sealed chunks, the stored chunks a read decrypts) comes from mmap and goes back
+# at free, or the worker's arena is trimmed: every request faults its buffers' pages in again
+# (~200 000 page faults per GiB written, up to half the daemon's CPU). glibc raises its
+# thresholds by itself only after certain frees, so a mount was fast or slow by chance (1 GiB
+# written, measured when writes still made four 1 MiB copies: 320-490 MiB/s, 0.73-1.44 s
+# system CPU; fixed: 530-630, 0.37-0.58 s).
 # Fixed thresholds keep freed buffers for reuse: the heap holds what the busiest moment needed.
 MALLOC_MMAP_THRESHOLD = 4 << 20  # above the largest request (1 MiB) and its sealed form
 MALLOC_TRIM_THRESHOLD = 64 << 20
