@@ -62,6 +62,21 @@ def text(value: str) -> str:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def repaired(value: Any) -> Any:
+    """A copy of any payload that check_payload accepts: undecodable text escaped (``text``),
+    and what records cannot hold (floats, bytes, sets, …) written as its repr. For a record
+    built wrong, so that the access it records is still written (audit/enrich.py)."""
+    if isinstance(value, str):
+        return text(value)
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, dict):
+        return {text(str(key)): repaired(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [repaired(item) for item in value]
+    return text(repr(value))
+
+
 def check_payload(payload: Any) -> dict[str, Any]:
     """A private deep copy of a caller's payload, or TypeError/ValueError saying what is wrong.
 

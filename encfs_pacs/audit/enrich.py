@@ -25,7 +25,7 @@ import time
 from typing import Any, Protocol
 
 from ..errors import AuditUnavailable, EncfsPacsError
-from .canonical import text
+from .canonical import repaired
 from .dicom import DicomTagCache
 
 log = logging.getLogger("encfs_pacs.audit")
@@ -37,20 +37,6 @@ QUEUE_LIMIT = 10_000  # beyond this, request threads wait: back-pressure rather 
 # record by at most this much on its way to the log, whose own commit interval is 0.2 s.
 BATCH_SECONDS = 0.005
 _STOP = object()
-
-
-def writable(value: Any) -> Any:
-    """A copy the log accepts of any payload: undecodable text escaped (canonical.text), and
-    what JSON records cannot hold (floats, bytes, sets, …) written as its repr."""
-    if isinstance(value, str):
-        return text(value)
-    if value is None or isinstance(value, (bool, int)):
-        return value
-    if isinstance(value, dict):
-        return {text(str(key)): writable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [writable(item) for item in value]
-    return text(repr(value))
 
 
 class Writer(Protocol):
@@ -182,7 +168,7 @@ class EnrichingAudit:
         log.warning("audit record repaired before writing (%s): %s %s", problem, payload.get("event"),
                     payload.get("outcome"))
         try:
-            self._writer.append({**writable(payload), "repaired": str(problem)})
+            self._writer.append({**repaired(payload), "repaired": str(problem)})
         except (TypeError, ValueError):
             log.exception("audit record NOT written (malformed): %s %s", payload.get("event"),
                           payload.get("outcome"))

@@ -17,6 +17,7 @@ from encfs_pacs.audit.canonical import (
     canonical,
     check_payload,
     parse_canonical,
+    repaired,
 )
 from encfs_pacs.audit.records import HashMismatch, decode_line, encode_line, seal_message
 
@@ -120,3 +121,10 @@ def test_fast_payload_check_accepts_and_copies_exactly_what_the_explaining_one_d
             _copy(value, None)
     else:
         assert _copy(value, None) == explained
+
+
+@settings(max_examples=300)
+@given(value=any_value)
+def test_a_repaired_value_is_always_accepted(value: object) -> None:
+    """What the audit worker writes for a record built wrong (canonical.repaired) never fails again."""
+    assert _copy(repaired(value), "payload") == repaired(value)
