@@ -8,6 +8,7 @@ never from the PACS's own request, so its reads are neither slowed nor disturbed
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -63,25 +64,32 @@ def parse_tags(stream: io.BufferedIOBase) -> dict[str, str] | None:
     """The audited tags of a DICOM Part 10 stream, or None if it is not one."""
     # imported lazily: only mounts with an audit trail pay for pydicom
     from pydicom.filereader import read_partial
-    from pydicom.tag import Tag
 
     if not looks_like_dicom(stream.read(PREAMBLE_BYTES)):
         return None
     stream.seek(0)
-    wanted = [Tag(tag) for tag in AUDITED_TAGS]
-    last = max(wanted)
+    wanted = _audited_tag_numbers()
+    last = wanted[-1]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # dcmread(stop_before_pixels=True) would walk every element up to the pixel data;
             # a dataset's elements come in tag order, so none after the last audited tag matters.
             dataset = read_partial(stream, stop_when=lambda tag, vr, length: tag > last,
-                                   specific_tags=wanted)
+                                   specific_tags=list(wanted))
     except Exception as exc:  # a damaged header must not break auditing; say so instead
         log.info("DICOM header unreadable: %s", exc)
         return None
     tags = {tag: str(dataset.get(tag)) for tag in AUDITED_TAGS if dataset.get(tag) not in (None, "")}
     return tags or None
+
+
+@functools.cache
+def _audited_tag_numbers() -> tuple[Any, ...]:
+    """AUDITED_TAGS as pydicom tags, in tag order (the last one is where a lookup stops)."""
+    from pydicom.tag import Tag
+
+    return tuple(sorted(Tag(tag) for tag in AUDITED_TAGS))
 
 
 class DicomTagCache:
