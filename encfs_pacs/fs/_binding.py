@@ -103,12 +103,9 @@ class EncfsFUSE(FUSE):
     def read(self, path: bytes | None, buf, size: int, offset: int, fip) -> int:  # type: ignore[no-untyped-def]
         # mfusepy copies the bytes a read returns into libfuse's buffer; decrypting straight
         # into that buffer saves the copy, and the join of the decrypted chunks before it.
-        read_into = getattr(self.operations, "read_into", None)
-        if read_into is None:  # operations of another kind (tests): mfusepy's way
-            return super().read(path, buf, size, offset, fip)
         fi = fip.contents if self.raw_fi else fip.contents.fh
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        return read_into(decoded, _view(buf, size), offset, fi)
+        return self.operations.read_into(decoded, _view(buf, size), offset, fi)
 
     def write(self, path: bytes | None, buf, size: int, offset: int, fip) -> int:  # type: ignore[no-untyped-def]
         # mfusepy copies libfuse's buffer into a bytes object first; the store only reads the
