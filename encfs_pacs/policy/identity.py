@@ -251,14 +251,15 @@ class IdentityResolver:
                                "mount's pid namespace or is the kernel)")
         before, pin = self._pinned_start_time(pid)
         exe_key, exe = self._executable(pid)
-        key = (pid, before, exe_key, uid, gid, self._command_line(pid))
+        command_line = self._command_line(pid)
+        key = (pid, before, exe_key, uid, gid, command_line)
         now = self._clock()
         with self._lock:
             entry = self._callers.get(key)
             if entry is not None:
                 self._callers.move_to_end(key)
         if entry is None or now - entry[1] > self._refresh:
-            entry = (self._build(pid, uid, gid, before, exe_key, exe), now)
+            entry = (self._build(pid, uid, gid, before, exe_key, exe, command_line), now)
         # The pid could have been reused while we read: the task must not have exited (pinned),
         # or the start time must not have moved.
         if (not pin.task_alive() if pin is not None else self._start_time(pid) != before):
@@ -313,13 +314,15 @@ class IdentityResolver:
             raise Unidentified(f"process {pid} runs a deleted or replaced executable ({exe})")
         return _ExeKey(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), exe
 
-    def _build(self, pid: int, uid: int, gid: int, started: int, exe_key: _ExeKey, exe: str) -> Caller:
+    def _build(self, pid: int, uid: int, gid: int, started: int, exe_key: _ExeKey, exe: str,
+               command_line: bytes) -> Caller:
+        # command_line: the bytes the cache key holds, so the argv a rule sees is the one cached
         proc = f"{self._proc}/{pid}"
         try:
             status = _status_fields(pid, self._proc)
             tgid = int(status.get("Tgid", pid))
             argv = tuple(arg.decode(errors="surrogateescape")
-                         for arg in _read(f"{proc}/cmdline").split(b"\0") if arg)
+                         for arg in command_line.split(b"\0") if arg)
             unit = systemd_unit(_read(f"{proc}/cgroup").decode(errors="replace"))
             environ = _read(f"{self._proc}/{tgid}/environ")
         except (OSError, ValueError) as exc:
