@@ -606,14 +606,16 @@ class OpenFile:
             chunk_start = index * cs
             chunk_end = min(chunk_start + cs, new_size)
             if offset <= chunk_start and end >= chunk_end:
-                plain: bytes | memoryview = data[chunk_start - offset:chunk_end - offset]
-            else:
-                old = self._read_chunks(index, index, old_size)[0] if index <= old_final else b""
-                buf = bytearray(old.ljust(chunk_end - chunk_start, b"\0"))
+                plain: bytearray | memoryview = data[chunk_start - offset:chunk_end - offset]
+            else:  # a chunk the write covers in part: its old bytes, the new ones over them
+                plain = bytearray(chunk_end - chunk_start)  # zeros where the file grows
+                if index <= old_final:
+                    _, ((_, stored, final),) = self._stored_chunks(index, index, old_size)
+                    cipher.decrypt_chunk_into(index, stored, final,
+                                              memoryview(plain)[:len(stored) - CHUNK_OVERHEAD])
                 lo, hi = max(offset, chunk_start), min(end, chunk_end)
                 if lo < hi:
-                    buf[lo - chunk_start:hi - chunk_start] = data[lo - offset:hi - offset]
-                plain = bytes(buf)
+                    plain[lo - chunk_start:hi - chunk_start] = data[lo - offset:hi - offset]
             at = layout.chunk_offset(index) - layout.chunk_offset(start)
             cipher.encrypt_chunk_into(index, plain, index == new_final,
                                       into[at:at + chunk_end - chunk_start + CHUNK_OVERHEAD])
