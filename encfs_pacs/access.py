@@ -221,6 +221,8 @@ class AccessGate:
     # -- bookkeeping for write-once ---------------------------------------------------------
 
     def created_by(self, grant: Grant, path: str) -> None:
+        if self.allow_all:
+            return  # --no-policy: no write-once rule will ever ask
         self.created.remember(path, grant.caller.process_key)
 
     def renamed(self, old: str, new: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyInvalid
+from .guard import REMEMBER_SECONDS
 from .model import CIPHERTEXT_OPS, GRANTABLE_OPS, Op, Policy, RateLimit, Rule, View
 
 POLICY_VERSION = 1
@@ -230,8 +231,10 @@ def _control_fields(table: dict[str, Any], where: str, *_: Any) -> dict[str, Any
                                                           "comment", "reason") if key in table}
     if "write_once_grace_seconds" in table:
         grace = float(table["write_once_grace_seconds"])
-        if not math.isfinite(grace) or grace < 0:
-            raise PolicyInvalid(f"{where}: write_once_grace_seconds must be 0 or more")
+        if not math.isfinite(grace) or not 0 <= grace <= REMEMBER_SECONDS:
+            raise PolicyInvalid(f"{where}: write_once_grace_seconds must be between 0 and "
+                                f"{REMEMBER_SECONDS:g} (a mount remembers which process created "
+                                "which file for that long)")
         fields["write_once_grace_seconds"] = grace
     if ("max_changes" in table) != ("window_seconds" in table):
         raise PolicyInvalid(f"{where}: the rate guard needs both max_changes and window_seconds")

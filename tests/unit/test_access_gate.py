@@ -349,6 +349,18 @@ def test_write_once_rename_keeps_grace_and_remove_forgets() -> None:
         gate.authorize(ctx(PACS_2), Op.WRITE, "/db/final.dcm")
 
 
+def test_without_a_policy_creations_are_not_remembered() -> None:
+    # --no-policy: no write-once rule can ask, so remembering would be memory and time for nothing
+    gate, _, _ = make_gate(allow_all=True)
+    grant = gate.authorize(ctx(PACS_2), Op.CREATE, "/db/new.dcm", existing=False)
+    gate.created_by(grant, "/db/new.dcm")
+    assert len(gate.created) == 0
+    policed, _, _ = make_gate(STORE)
+    grant = policed.authorize(ctx(PACS_2), Op.CREATE, "/db/new.dcm", existing=False)
+    policed.created_by(grant, "/db/new.dcm")
+    assert len(policed.created) == 1
+
+
 # ------------------------------------------------------------------------------ audited()
 
 def _grant(gate: AccessGate) -> Grant:

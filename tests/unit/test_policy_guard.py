@@ -83,6 +83,70 @@ def test_memory_is_bounded_by_forgetting_old_entries() -> None:
     assert recent.age_for("/new/9999", A) == 0.0
 
 
+def test_entries_older_than_the_horizon_are_forgotten_at_the_next_create() -> None:
+    clock = Clock()
+    recent = RecentCreations(clock, keep_seconds=100.0)
+    recent.remember("/a", A)
+    clock.now += 60
+    recent.remember("/b", A)
+    clock.now += 41  # /a is 101 s old, /b 41 s
+    recent.remember("/c", B)
+    assert recent.age_for("/a", A) is None
+    assert recent.age_for("/b", A) == 41.0
+    assert len(recent) == 2
+
+
+def test_creating_again_makes_the_entry_the_newest() -> None:
+    clock = Clock()
+    recent = RecentCreations(clock, keep_seconds=100.0)
+    recent.remember("/a", A)
+    clock.now += 60
+    recent.remember("/b", A)
+    recent.remember("/a", A)  # created again: 0 s old now, kept behind /b
+    clock.now += 41
+    recent.remember("/c", A)
+    assert recent.age_for("/a", A) == 41.0
+    assert recent.age_for("/b", A) == 41.0
+
+
+def test_a_moved_entry_keeps_its_age_and_is_never_forgotten_early() -> None:
+    clock = Clock()
+    recent = RecentCreations(clock, keep_seconds=100.0)
+    recent.remember("/tmp/a.part", A)
+    clock.now += 50
+    recent.remember("/b", A)
+    recent.moved("/tmp/a.part", "/a")  # older than /b, now after it in the table
+    clock.now += 40
+    recent.remember("/c", A)
+    assert recent.age_for("/a", A) == 90.0
+    clock.now += 11  # /a 101 s (behind /b, 51 s): forgotten once /b goes, not before
+    recent.remember("/d", A)
+    assert recent.age_for("/a", A) == 101.0
+    assert recent.age_for("/b", A) == 51.0
+
+
+def test_moving_onto_a_remembered_name_replaces_it() -> None:
+    clock = Clock()
+    recent = RecentCreations(clock)
+    recent.remember("/a", B)
+    clock.now += 5
+    recent.remember("/tmp/x", A)
+    recent.moved("/tmp/x", "/a")
+    assert recent.age_for("/a", B) is None
+    assert recent.age_for("/a", A) == 0.0
+    assert len(recent) == 1
+
+
+def test_at_most_max_entries_the_oldest_go_first() -> None:
+    clock = Clock()
+    recent = RecentCreations(clock, max_entries=3)
+    for number in range(5):
+        recent.remember(f"/f{number}", A)
+        clock.now += 1
+    assert len(recent) == 3
+    assert [recent.age_for(f"/f{number}", A) for number in range(5)] == [None, None, 3.0, 2.0, 1.0]
+
+
 # ------------------------------------------------------------------------------ RateGuard
 
 def test_trips_at_max_plus_one_within_the_window() -> None:

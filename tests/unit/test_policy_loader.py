@@ -190,6 +190,8 @@ BAD_RULES = [
     ("zero window", 'id = "bad"\nmax_changes = 3\nwindow_seconds = 0', ["window_seconds"]),
     ("negative grace", 'id = "bad"\nwrite_once = true\nwrite_once_grace_seconds = -1',
      ["write_once_grace_seconds"]),
+    ("grace beyond what a mount remembers", 'id = "bad"\nwrite_once = true\nwrite_once_grace_seconds = 3601',
+     ["write_once_grace_seconds", "between 0 and 3600"]),
     ("duplicate id", 'id = "good"', ["rule id 'good'", "twice"]),
 ]
 
@@ -503,3 +505,8 @@ def test_missing_policy_file(tmp_path: Path) -> None:
         check_file_safety(tmp_path / "nope.toml")
     with pytest.raises(PolicyInvalid, match="does not exist"):
         load_checked(tmp_path / "nope.toml")
+
+
+def test_grace_of_exactly_the_remembered_hour_is_accepted() -> None:
+    policy = parse('version = 1\n[[rule]]\nid = "x"\nwrite_once = true\nwrite_once_grace_seconds = 3600\n')
+    assert policy.rules[0].write_once_grace_seconds == 3600.0
