@@ -86,12 +86,23 @@ class RecentCreations:
 
 
 class RateGuard:
-    """Sliding-window counter of destructive operations per process."""
+    """Sliding-window counter of destructive operations per process.
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    A process that stopped counting is forgotten once its newest event has left the longest
+    window used so far: every cron run and script is a new process, and an earlier version
+    kept each one's events for the life of the mount (up to 33 KB per process at 1 000
+    changes allowed)."""
+
+    def __init__(self, clock: Clock = time.monotonic, max_processes: int = REMEMBER_MAX) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._events: dict[ProcessKey, deque[float]] = {}
+        # Ordered by each process's newest event (moved to the end at every count), so the
+        # processes that went quiet longest are at the front.
+        self._events: OrderedDict[ProcessKey, deque[float]] = OrderedDict()
+        self._longest_window = 0.0
+        self._max_processes = max_processes
+        # Kept for good: a blocked process stays blocked until it exits; there is one entry
+        # per security alert, not per process.
         self._blocked: dict[ProcessKey, str] = {}
 
     def blocked(self, process: ProcessKey) -> str | None:
@@ -103,10 +114,14 @@ class RateGuard:
         """Record one destructive operation; returns the block reason when this one trips the guard."""
         now = self._clock()
         with self._lock:
-            events = self._events.setdefault(process, deque())
+            events = self._events.pop(process, None)
+            if events is None:
+                events = deque()
+            self._events[process] = events  # (re)placed last: the newest event is now
             events.append(now)
             while events and events[0] < now - window_seconds:
                 events.popleft()
+            self._forget_quiet(now, window_seconds)
             if len(events) <= max_changes:
                 return None
             reason = (f"rate guard of rule {rule_id}: more than {max_changes} rewrites, renames or "
@@ -114,3 +129,17 @@ class RateGuard:
             self._blocked[process] = reason
             self._events.pop(process, None)
             return reason
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def _forget_quiet(self, now: float, window_seconds: float) -> None:
+        self._longest_window = max(self._longest_window, window_seconds)
+        events, limit = self._events, now - self._longest_window
+        while len(events) > self._max_processes:
+            events.popitem(last=False)
+        while events:
+            quietest = next(iter(events))
+            if events[quietest][-1] >= limit:
+                break
+            del events[quietest]

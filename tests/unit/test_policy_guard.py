@@ -213,3 +213,50 @@ def test_exactly_limit_changes_are_allowed(limit: int) -> None:
     guard = RateGuard(Clock())
     assert all(guard.count(A, "r", limit, 1.0) is None for _ in range(limit))
     assert guard.count(A, "r", limit, 1.0) is not None
+
+
+def test_a_process_that_went_quiet_is_forgotten_after_the_window() -> None:
+    clock = Clock()
+    guard = RateGuard(clock)
+    guard.count(A, "pacs", 3, 10.0)
+    clock.now += 5
+    guard.count(B, "pacs", 3, 10.0)
+    clock.now += 6  # A's only event is 11 s old, B's 6 s
+    guard.count(B, "pacs", 3, 10.0)
+    assert len(guard) == 1
+    for _ in range(3):  # A starts afresh: nothing old counts against it
+        assert guard.count(A, "pacs", 3, 10.0) is None
+
+
+def test_a_process_counting_again_stays_remembered() -> None:
+    clock = Clock()
+    guard = RateGuard(clock)
+    guard.count(A, "pacs", 3, 10.0)
+    guard.count(B, "pacs", 3, 10.0)
+    clock.now += 8
+    guard.count(A, "pacs", 3, 10.0)  # A is now the most recent, B the quietest
+    clock.now += 3
+    guard.count(A, "pacs", 3, 10.0)  # B (11 s quiet) goes, A's two recent events stay
+    assert len(guard) == 1
+    assert guard.count(A, "pacs", 3, 10.0) is None  # events at 8, 11, 11 s: three in the window
+    assert guard.count(A, "pacs", 3, 10.0) is not None  # the fourth trips
+
+
+def test_the_longest_window_in_use_decides_when_to_forget() -> None:
+    clock = Clock()
+    guard = RateGuard(clock)
+    guard.count(A, "archive", 3, 100.0)
+    clock.now += 20
+    guard.count(B, "scratch", 3, 10.0)  # a short window must not drop A's 20 s old event
+    assert len(guard) == 2
+
+
+def test_at_most_max_processes_the_quietest_go_first() -> None:
+    clock = Clock()
+    guard = RateGuard(clock, max_processes=2)
+    for process in (A, B, A_REUSED):
+        guard.count(process, "pacs", 3, 10.0)
+        clock.now += 1
+    assert len(guard) == 2
+    for _ in range(3):  # A was forgotten: its earlier event no longer counts
+        assert guard.count(A, "pacs", 3, 10.0) is None
