@@ -222,7 +222,7 @@ class IdentityResolver:
         self._clock = clock
         self._lock = threading.Lock()
         self._callers: OrderedDict[tuple[object, ...], tuple[Caller, float]] = OrderedDict()
-        self._recent: dict[int, tuple[Caller, tuple[int, int], float]] = {}
+        self._recent: OrderedDict[int, tuple[Caller, tuple[int, int], float]] = OrderedDict()
         self._hashes: OrderedDict[_ExeKey, str] = OrderedDict()
         self._users: dict[int, str | None] = {}
         # Only for the real /proc: a pidfd names a real task, a test's fake /proc tree does not.
@@ -240,9 +240,13 @@ class IdentityResolver:
             caller = self._resolve(pid, uid, gid)
         except Unidentified as exc:
             return Caller(pid=pid, uid=uid, gid=gid, user=self._user_name(uid), unidentified=str(exc))
-        if len(self._recent) > CACHE_SIZE:
-            self._recent.clear()
-        self._recent[pid] = (caller, (uid, gid), self._clock())
+        # Least recently checked first out, not all at once: thread ids of exited programs
+        # fill the table, and a clear made every busy thread pay a full check again.
+        with self._lock:
+            self._recent.pop(pid, None)
+            self._recent[pid] = (caller, (uid, gid), self._clock())
+            while len(self._recent) > CACHE_SIZE:
+                self._recent.popitem(last=False)
         return caller
 
     def _resolve(self, pid: int, uid: int, gid: int) -> Caller:

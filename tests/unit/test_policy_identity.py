@@ -726,3 +726,18 @@ def test_attribute_bursts_reuse_a_fresh_check_of_the_same_thread(proc: FakeProc,
     now[0] += 0.3
     assert resolver.resolve(100, 0, 0, reuse_within=0.2).argv == ("other", "program")  # too old
     assert resolver.resolve(100, 0, 0).argv == ("other", "program")  # never reused without asking
+
+
+def test_a_full_table_of_recent_checks_lets_only_the_oldest_go(
+        proc: FakeProc, program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(identity, "CACHE_SIZE", 2)
+    folders = {pid: proc.add(pid, program) for pid in (100, 101, 102, 103)}
+    now = [50.0]
+    resolver = IdentityResolver(str(proc.root), clock=lambda: now[0])
+    checked = {pid: resolver.resolve(pid, 0, 0) for pid in (100, 101, 102, 103)}
+    for folder in folders.values():  # an exec in each: a reused check still shows the old argv
+        (folder / "cmdline").write_bytes(b"other\0program\0")
+    assert resolver.resolve(103, 0, 0, reuse_within=0.2) is checked[103]
+    # The second newest is still there (emptying the whole table made it pay a full check).
+    assert resolver.resolve(102, 0, 0, reuse_within=0.2) is checked[102]
+    assert resolver.resolve(100, 0, 0, reuse_within=0.2).argv == ("other", "program")  # let go
