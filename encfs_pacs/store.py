@@ -33,6 +33,7 @@ import stat
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -811,7 +812,8 @@ class Volume:
         self._config_seen: Signature | None = None
         self._lock_waiters = threading.BoundedSemaphore(MAX_LOCK_WAITERS)
         # (dev, ino, mount path) -> (signature, when it was taken in ns): see cache_still_valid
-        self._cache_marks: dict[tuple[int, int, str], tuple[Signature, int]] = {}
+        self._cache_marks: OrderedDict[tuple[int, int, str], tuple[Signature, int]] = OrderedDict()
+        self._cache_marks_lock = threading.Lock()
 
     # -- shared storage ----------------------------------------------------------------------
 
@@ -840,16 +842,23 @@ class Volume:
         Keyed by name too: two hard links have separate kernel caches, filled at different times."""
         st = os.fstat(handle.fd)
         key, now = (st.st_dev, st.st_ino, path), time.time_ns()
-        mark = self._cache_marks.get(key)
+        # Least recently opened names go first when the table is full. (Emptying it at once, as
+        # before, dropped the kernel's cache of every hot file at their next opens together.)
+        with self._cache_marks_lock:
+            mark = self._cache_marks.get(key)
+            if mark is not None:
+                self._cache_marks.move_to_end(key)
         if mark is not None:
             seen, taken = mark
             quiet_since = taken - CACHE_QUIET_NS
             # mtime too, not only ctime: `touch -d <future>` can put mtime after ctime.
             if seen == signature(st) and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since:
                 return True
-        if len(self._cache_marks) >= CACHE_MARKS_MAX:
-            self._cache_marks.clear()
-        self._cache_marks[key] = (signature(st), now)
+        with self._cache_marks_lock:
+            self._cache_marks[key] = (signature(st), now)
+            self._cache_marks.move_to_end(key)
+            while len(self._cache_marks) > CACHE_MARKS_MAX:
+                self._cache_marks.popitem(last=False)
         return False
 
     @contextlib.contextmanager

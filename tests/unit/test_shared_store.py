@@ -149,6 +149,32 @@ def test_cache_is_trusted_only_for_a_file_unchanged_and_quiet_since_the_last_ope
     assert not valid()
 
 
+def test_a_full_table_of_cache_marks_forgets_the_least_recently_opened_name(
+        backing: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "CACHE_MARKS_MAX", 2)
+    a, b = mount(backing), mount(backing)
+    for name in ("/hot", "/g", "/h"):
+        a.create(name, 0o600, os.O_RDWR).close()
+        write(a, name, b"1" * 100)
+
+    def valid(name: str) -> bool:
+        handle = b.open(name, os.O_RDONLY)
+        try:
+            return b.cache_still_valid(handle, name)
+        finally:
+            handle.close()
+
+    valid("/hot")
+    later = time.time_ns() + 2 * store.CACHE_QUIET_NS
+    monkeypatch.setattr(store.time, "time_ns", lambda: later)
+    valid("/hot")  # marked quiet: trusted from now on
+    valid("/g")
+    assert valid("/hot")
+    valid("/h")  # the table is over full: /g, opened least recently, goes (not everything)
+    assert valid("/hot")
+    assert not valid("/g")
+
+
 def test_application_locks_of_one_mount_conflict_with_the_other(backing: Path) -> None:
     a, b = mount(backing), mount(backing)
     a.create("/db", 0o600, os.O_RDWR).close()
