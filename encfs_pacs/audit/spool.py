@@ -64,6 +64,7 @@ PICKUP_SECONDS = 3.0  # how long a command waits for a running mount to record i
 FLUSH_SECONDS = 10.0
 _NAME = re.compile(r"^(?P<ns>\d{20})-(?P<id>[0-9a-f]{32})\.json$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_LOGGED_ID = re.compile(rb'"id":"([0-9a-f]{32})"')  # a spool entry's id in a log record
 _MEMBERS = frozenset({"format", "id", "payload", "mac"})
 
 
@@ -419,7 +420,11 @@ class SpoolIngester:
                 if os.fstat(handle.fileno()).st_size == 0:
                     return set()
                 with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    return {i for i in ids if data.find(f'"id":"{i}"'.encode()) >= 0}
+                    # One pass over the log, whatever the number waiting: a search per id
+                    # took 18 ms each in a 64 MiB log, and thousands of queued events (a
+                    # migration's imports while unmounted) would hold up the mount a minute.
+                    logged = {match.group(1).decode() for match in _LOGGED_ID.finditer(data)}
+                    return ids & logged
         except OSError:
             return set()
 

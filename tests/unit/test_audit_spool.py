@@ -222,6 +222,26 @@ def test_a_crash_between_record_and_removal_records_the_event_once(backing: Path
     assert spool_files(backing) == []
 
 
+def test_after_a_crash_only_the_entries_the_log_holds_are_skipped(backing: Path, log_path: Path) -> None:
+    recorded = [queue_event(backing, event(n), MK) for n in (1, 2, 3)]
+    saved = {entry.path: entry.path.read_bytes() for entry in recorded}
+    writer = open_audit_log(log_path, backing, MK, commit_interval=0.01)
+    SpoolIngester(backing, writer, MK, log_path).ingest()
+    writer.close()
+    for path in list(saved)[:2]:
+        path.write_bytes(saved[path])  # two of three files outlived their records
+    queue_event(backing, event(4), MK)  # and one is new
+    writer = open_audit_log(log_path, backing, MK, commit_interval=0.01)
+    ingester = SpoolIngester(backing, writer, MK, log_path)
+    try:
+        ingester.start()
+    finally:
+        ingester.stop()
+        writer.close()
+    assert [r.get("n") for r in payloads(log_path)] == [1, 2, 3, 4]
+    assert spool_files(backing) == []
+
+
 def test_without_the_log_to_compare_a_crash_duplicates_but_never_loses(backing: Path, trail: AuditLog,
                                                                        log_path: Path) -> None:
     queued = queue_event(backing, event(8), MK)
