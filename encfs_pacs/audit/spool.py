@@ -62,6 +62,9 @@ STALE_TMP_SECONDS = 60.0  # a NAME.tmp older than this was left by a command tha
 POLL_SECONDS = 1.0
 PICKUP_SECONDS = 3.0  # how long a command waits for a running mount to record its event
 FLUSH_SECONDS = 10.0
+# Entries appended before each flush: a long queue (a migration's thousands of imports made
+# while unmounted) goes to the log in steps instead of filling its queue at once.
+INGEST_BATCH = 1000
 _NAME = re.compile(r"^(?P<ns>\d{20})-(?P<id>[0-9a-f]{32})\.json$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _LOGGED_ID = re.compile(rb'"id":"([0-9a-f]{32})"')  # a spool entry's id in a log record
@@ -268,6 +271,7 @@ class Trail(Protocol):
 
     def append(self, payload: dict[str, Any]) -> None: ...
     def flush(self, timeout: float | None = None) -> None: ...
+    def stats(self) -> dict[str, int]: ...
     @property
     def failed(self) -> Any: ...
 
@@ -337,36 +341,55 @@ class SpoolIngester:
                 log.exception("audit spool: a pass failed; retrying")
 
     def ingest(self) -> int:
-        """One pass: append every waiting entry in name (time) order, flush, then remove the
-        files. Returns the number of files settled."""
+        """One pass: append the waiting entries in name (time) order, a batch at a time; flush;
+        then remove the files of the batch. Returns the number of files settled."""
         with self._mutex:
             try:
                 names = sorted(os.listdir(self.folder))
             except FileNotFoundError:
                 return 0
-            for name in names:
-                if name in self._stuck:  # recorded already: only its removal is retried
-                    self._settle(name, self._stuck[name])
-                elif name not in self._appended:
-                    self._take(name)
-            if not self._appended:
-                return 0
-            try:
-                self._trail.flush(FLUSH_SECONDS)
-            except Exception as exc:  # AuditUnavailable: keep the files, try again next pass
-                log.warning("audit spool: the trail is not durable (%s); %d event(s) stay queued",
-                            exc, len(self._appended))
-                return 0
-            if self._trail.failed is not None:
-                log.warning("audit spool: the trail cannot be written now; %d event(s) stay queued",
-                            len(self._appended))
-                return 0
-            settled, self._appended = self._appended, {}
-            for name, verdict in settled.items():
-                self._settle(name, verdict)
-            with contextlib.suppress(OSError):
-                fsync_dir(self.folder)
-            return len(settled)
+            settled = 0
+            for start in range(0, max(len(names), 1), INGEST_BATCH):
+                done = self._ingest_batch(names[start:start + INGEST_BATCH])
+                if done is None:
+                    break
+                settled += done
+            return settled
+
+    def _ingest_batch(self, names: list[str]) -> int | None:
+        """Append, flush, settle ``names``; None if the trail could not take them (kept queued)."""
+        lost_before = self._trail.stats()["lost"]
+        for name in names:
+            if name in self._stuck:  # recorded already: only its removal is retried
+                self._settle(name, self._stuck[name])
+            elif name not in self._appended:
+                self._take(name)
+        if not self._appended:
+            return 0
+        try:
+            self._trail.flush(FLUSH_SECONDS)
+        except Exception as exc:  # AuditUnavailable: keep the files, try again next pass
+            log.warning("audit spool: the trail is not durable (%s); %d event(s) stay queued",
+                        exc, len(self._appended))
+            return None
+        if self._trail.failed is not None:
+            log.warning("audit spool: the trail cannot be written now; %d event(s) stay queued",
+                        len(self._appended))
+            return None
+        if self._trail.stats()["lost"] != lost_before:
+            # The log dropped records while these were queued (it was far behind, fail-open):
+            # some of them may be among the dropped. Append them all again next pass: an event
+            # recorded twice, never one lost with its file removed.
+            log.warning("audit spool: the trail dropped records while %d event(s) were queued; "
+                        "they stay queued and are recorded again", len(self._appended))
+            self._appended = {}
+            return None
+        settled, self._appended = self._appended, {}
+        for name, verdict in settled.items():
+            self._settle(name, verdict)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.folder)
+        return len(settled)
 
     def _take(self, name: str) -> None:
         verdict = examine(self.folder, name, self._key)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from encfs_pacs.audit import AuditLog, iter_records, open_audit_log, read_anchor, verify
+from encfs_pacs.audit import AuditLog, iter_records, open_audit_log, read_anchor, spool, verify
 from encfs_pacs.audit.canonical import canonical
 from encfs_pacs.audit.spool import (
     FORMAT,
@@ -266,6 +266,32 @@ class BrokenTrail:
         from encfs_pacs.errors import AuditUnavailable
         raise AuditUnavailable("disk full")
 
+    def stats(self) -> dict[str, int]:
+        return {"lost": 0}
+
+    failed = None
+
+
+class OverflowingTrail:
+    """A trail far behind (fail-open): it drops what comes beyond ``room`` and counts it lost."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.kept: list[dict[str, Any]] = []
+        self.lost = 0
+
+    def append(self, payload: dict[str, Any]) -> None:
+        if len(self.kept) < self.room:
+            self.kept.append(payload)
+        else:
+            self.lost += 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+    def stats(self) -> dict[str, int]:
+        return {"lost": self.lost}
+
     failed = None
 
 
@@ -278,6 +304,31 @@ def test_files_stay_until_their_record_is_durable(backing: Path, trail: AuditLog
     assert len(spool_files(backing)) == 1
     assert ingest_all(backing, trail) == 1  # the next mount (a working disk) records it
     assert [r["n"] for r in payloads(log_path)] == [9]
+
+
+def test_events_the_trail_dropped_stay_queued_and_are_recorded_at_the_next_pass(backing: Path) -> None:
+    for n in range(3):
+        queue_event(backing, event(n), MK)
+    trail = OverflowingTrail(room=2)
+    ingester = SpoolIngester(backing, trail, MK)
+    assert ingester.ingest() == 0  # one of three was dropped: no file is removed
+    assert len(spool_files(backing)) == 3
+    trail.room = 10  # the log caught up
+    assert ingester.ingest() == 3
+    assert spool_files(backing) == []
+    assert sorted(r["n"] for r in trail.kept) == [0, 0, 1, 1, 2]  # twice rather than lost
+
+
+def test_a_long_queue_goes_to_the_trail_in_batches(backing: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool, "INGEST_BATCH", 2)
+    for n in range(5):
+        queue_event(backing, event(n), MK)
+    flushed_after: list[int] = []
+    trail = OverflowingTrail(room=100)
+    trail.flush = lambda timeout=None: flushed_after.append(len(trail.kept))  # type: ignore[method-assign]
+    assert SpoolIngester(backing, trail, MK).ingest() == 5
+    assert flushed_after == [2, 4, 5]
+    assert [r["n"] for r in trail.kept] == [0, 1, 2, 3, 4]
 
 
 def test_a_running_ingester_picks_up_new_events_and_can_be_detected(backing: Path, trail: AuditLog,
