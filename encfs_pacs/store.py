@@ -88,6 +88,7 @@ LOCK_SPAN = 1 << 62
 # taken, because a second change within one timestamp tick (coarse file system clocks) or
 # within the clock skew between hosts would leave all three the same (git's "racy clean" rule).
 CACHE_QUIET_NS = 3 * 10**9
+PREFETCH_BYTES = 1 << 20
 CACHE_MARKS_MAX = 100_000  # remembered (file, name) signatures; forgetting one only costs a re-read
 # Shared storage: applications' fcntl locks waiting at once (each blocks a daemon thread; the
 # mount has 16). More waiters get ENOLCK instead of stalling every other request.
@@ -989,6 +990,9 @@ class Volume:
         self.check_config()
         fd = _open_backing(self.backing_path(path),
                            (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW | (flags & os.O_NOATIME))
+        if not writing:
+            # A reader's first request follows the open within microseconds; the disk starts now.
+            os.posix_fadvise(fd, 0, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
         try:
             handle = self._attach(fd, flags)
         except BaseException:
