@@ -992,7 +992,9 @@ class Volume:
                            (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW | (flags & os.O_NOATIME))
         if not writing:
             # A reader's first request follows the open within microseconds; the disk starts now.
-            os.posix_fadvise(fd, 0, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
+            # Only a hint: a backing file system that refuses it must not fail the open.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
         try:
             handle = self._attach(fd, flags)
         except BaseException:

@@ -42,3 +42,14 @@ def test_a_read_only_open_prefetches_the_start_of_the_file(tmp_path: Path,
         assert reader.read(6000, 0) == b"pixels" * 1000
     finally:
         reader.close()
+
+
+def test_a_refused_hint_does_not_fail_the_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = small_volume(tmp_path)
+    volume.create("/image.dcm", 0o600, os.O_RDWR | os.O_CREAT).close()
+
+    def refusing(fd: int, offset: int, length: int, what: int) -> None:
+        raise OSError(29, "Illegal seek")  # as for a pipe; some file systems refuse others
+
+    monkeypatch.setattr(os, "posix_fadvise", refusing)
+    volume.open("/image.dcm", os.O_RDONLY).close()
