@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from ..crypto.keys import audit_spool_key
 from ..durable import fsync_dir, write_file_atomically
+from ..errors import AuditUnavailable
 from .canonical import NotCanonical, canonical, check_payload, parse_canonical
 from .signing import META_DIR
 
@@ -269,9 +270,8 @@ def _parse(raw: bytes, name_id: str) -> tuple[dict[str, Any] | None, str]:
 class Trail(Protocol):
     """What the ingester needs of the audit writer (``AuditLog``)."""
 
-    def append(self, payload: dict[str, Any]) -> None: ...
+    def append(self, payload: dict[str, Any], *, droppable: bool = True) -> None: ...
     def flush(self, timeout: float | None = None) -> None: ...
-    def stats(self) -> dict[str, int]: ...
     @property
     def failed(self) -> Any: ...
 
@@ -350,46 +350,45 @@ class SpoolIngester:
                 return 0
             settled = 0
             for start in range(0, max(len(names), 1), INGEST_BATCH):
-                done = self._ingest_batch(names[start:start + INGEST_BATCH])
-                if done is None:
-                    break
+                done, complete = self._ingest_batch(names[start:start + INGEST_BATCH])
                 settled += done
+                if not complete:
+                    break
             return settled
 
-    def _ingest_batch(self, names: list[str]) -> int | None:
-        """Append, flush, settle ``names``; None if the trail could not take them (kept queued)."""
-        lost_before = self._trail.stats()["lost"]
+    def _ingest_batch(self, names: list[str]) -> tuple[int, bool]:
+        """Append, flush, settle ``names``: (files settled, whether all were). What the trail
+        did not take, or did not make durable, stays queued for the next pass."""
+        complete = True
         for name in names:
             if name in self._stuck:  # recorded already: only its removal is retried
                 self._settle(name, self._stuck[name])
             elif name not in self._appended:
-                self._take(name)
+                try:
+                    self._take(name)
+                except AuditUnavailable as exc:  # full or failing: this and the rest wait
+                    log.warning("audit spool: the trail takes no more events now (%s); the rest "
+                                "stay queued", exc)
+                    complete = False
+                    break
         if not self._appended:
-            return 0
+            return 0, complete
         try:
             self._trail.flush(FLUSH_SECONDS)
         except Exception as exc:  # AuditUnavailable: keep the files, try again next pass
             log.warning("audit spool: the trail is not durable (%s); %d event(s) stay queued",
                         exc, len(self._appended))
-            return None
+            return 0, False
         if self._trail.failed is not None:
             log.warning("audit spool: the trail cannot be written now; %d event(s) stay queued",
                         len(self._appended))
-            return None
-        if self._trail.stats()["lost"] != lost_before:
-            # The log dropped records while these were queued (it was far behind, fail-open):
-            # some of them may be among the dropped. Append them all again next pass: an event
-            # recorded twice, never one lost with its file removed.
-            log.warning("audit spool: the trail dropped records while %d event(s) were queued; "
-                        "they stay queued and are recorded again", len(self._appended))
-            self._appended = {}
-            return None
+            return 0, False
         settled, self._appended = self._appended, {}
         for name, verdict in settled.items():
             self._settle(name, verdict)
         with contextlib.suppress(OSError):
             fsync_dir(self.folder)
-        return len(settled)
+        return len(settled), complete
 
     def _take(self, name: str) -> None:
         verdict = examine(self.folder, name, self._key)
@@ -400,11 +399,13 @@ class SpoolIngester:
             log.info("audit spool: %s is already in the trail (a crash before its file was removed)", name)
             verdict = Verdict(None, "delete", verdict.entry_id)
         if verdict.record is not None:
+            # Never droppable: the file is removed once the record is durable, so a record the
+            # log dropped (fail-open, queue full) would be an event lost with its file.
             try:
-                self._trail.append(verdict.record)
+                self._trail.append(verdict.record, droppable=False)
             except (TypeError, ValueError) as exc:  # the writer refused it: record that instead
                 verdict = _reject(name, f"the audit log refused its payload: {exc}")
-                self._trail.append(verdict.record)  # type: ignore[arg-type]
+                self._trail.append(verdict.record, droppable=False)  # type: ignore[arg-type]
         self._appended[name] = verdict
 
     def _settle(self, name: str, verdict: Verdict) -> None:

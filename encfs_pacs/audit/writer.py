@@ -158,9 +158,13 @@ class AuditLog:
 
     # -- the API the file system uses ----------------------------------------------------
 
-    def append(self, payload: dict[str, Any]) -> None:
+    def append(self, payload: dict[str, Any], *, droppable: bool = True) -> None:
         """Queue one record. Raises AuditUnavailable when the log cannot be written (fail
-        closed), TypeError/ValueError for a payload that is not JSON without floats."""
+        closed), TypeError/ValueError for a payload that is not JSON without floats.
+
+        ``droppable=False``: even a fail-open log refuses the record (AuditUnavailable) rather
+        than drop it when its queue is full; for a caller that keeps the record and retries
+        (the audit spool, whose file goes once its record is durable)."""
         record = check_payload(payload)
         with self._lock:
             if self._closed and self._failure is not None:  # the writer thread is gone
@@ -171,7 +175,7 @@ class AuditLog:
                 self._refused += 1
                 raise AuditUnavailable(self._failure.message)  # a fresh one: no shared traceback
             if len(self._queue) >= self.settings.max_pending:
-                self._overflow()
+                self._overflow(droppable)
                 return
             record["time"] = utc_text(self._hooks.clock())
             record["mono_ns"] = self._hooks.mono()
@@ -180,11 +184,11 @@ class AuditLog:
             if len(self._queue) == 1:
                 self._cond.notify_all()
 
-    def _overflow(self) -> None:
+    def _overflow(self, droppable: bool) -> None:
         """The writer is far behind (a stalled disk). Called with the lock held."""
         message = (f"the audit writer is {len(self._queue)} records behind: the disk holding {self.path} "
                    "is stalled or too slow")
-        if not self.settings.fail_open:
+        if not self.settings.fail_open or not droppable:
             self._refused += 1
             raise AuditUnavailable(message + "; file operations are refused until it catches up")
         self._lost += 1

@@ -259,38 +259,36 @@ class BrokenTrail:
     def __init__(self) -> None:
         self.appended: list[dict[str, Any]] = []
 
-    def append(self, payload: dict[str, Any]) -> None:
+    def append(self, payload: dict[str, Any], *, droppable: bool = True) -> None:
         self.appended.append(payload)
 
     def flush(self, timeout: float | None = None) -> None:
         from encfs_pacs.errors import AuditUnavailable
         raise AuditUnavailable("disk full")
 
-    def stats(self) -> dict[str, int]:
-        return {"lost": 0}
-
     failed = None
 
 
-class OverflowingTrail:
-    """A trail far behind (fail-open): it drops what comes beyond ``room`` and counts it lost."""
+class FullTrail:
+    """A fail-open trail far behind: beyond ``room`` it drops droppable records and refuses
+    the others, as AuditLog.append does."""
 
     def __init__(self, room: int) -> None:
         self.room = room
         self.kept: list[dict[str, Any]] = []
-        self.lost = 0
+        self.dropped = 0
 
-    def append(self, payload: dict[str, Any]) -> None:
+    def append(self, payload: dict[str, Any], *, droppable: bool = True) -> None:
         if len(self.kept) < self.room:
             self.kept.append(payload)
+        elif droppable:
+            self.dropped += 1
         else:
-            self.lost += 1
+            from encfs_pacs.errors import AuditUnavailable
+            raise AuditUnavailable("the audit writer is far behind")
 
     def flush(self, timeout: float | None = None) -> None:
         return None
-
-    def stats(self) -> dict[str, int]:
-        return {"lost": self.lost}
 
     failed = None
 
@@ -306,17 +304,31 @@ def test_files_stay_until_their_record_is_durable(backing: Path, trail: AuditLog
     assert [r["n"] for r in payloads(log_path)] == [9]
 
 
-def test_events_the_trail_dropped_stay_queued_and_are_recorded_at_the_next_pass(backing: Path) -> None:
+def test_events_a_full_trail_cannot_take_stay_queued_and_are_never_dropped(backing: Path) -> None:
     for n in range(3):
         queue_event(backing, event(n), MK)
-    trail = OverflowingTrail(room=2)
+    trail = FullTrail(room=2)
     ingester = SpoolIngester(backing, trail, MK)
-    assert ingester.ingest() == 0  # one of three was dropped: no file is removed
-    assert len(spool_files(backing)) == 3
+    assert ingester.ingest() == 2  # the third is refused, not dropped: its file stays
+    assert trail.dropped == 0
+    assert len(spool_files(backing)) == 1
     trail.room = 10  # the log caught up
-    assert ingester.ingest() == 3
+    assert ingester.ingest() == 1
     assert spool_files(backing) == []
-    assert sorted(r["n"] for r in trail.kept) == [0, 0, 1, 1, 2]  # twice rather than lost
+    assert [r["n"] for r in trail.kept] == [0, 1, 2]
+
+
+def test_entries_appended_before_a_failed_flush_are_settled_only_when_durable(backing: Path) -> None:
+    for n in range(2):
+        queue_event(backing, event(n), MK)
+    trail = FullTrail(room=10)
+    trail.failed = "disk stalled"  # type: ignore[assignment]
+    ingester = SpoolIngester(backing, trail, MK)
+    assert ingester.ingest() == 0
+    assert len(spool_files(backing)) == 2
+    trail.failed = None  # type: ignore[assignment]
+    assert ingester.ingest() == 2
+    assert [r["n"] for r in trail.kept] == [0, 1]  # appended once, kept by the trail
 
 
 def test_a_long_queue_goes_to_the_trail_in_batches(backing: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -324,7 +336,7 @@ def test_a_long_queue_goes_to_the_trail_in_batches(backing: Path, monkeypatch: p
     for n in range(5):
         queue_event(backing, event(n), MK)
     flushed_after: list[int] = []
-    trail = OverflowingTrail(room=100)
+    trail = FullTrail(room=100)
     trail.flush = lambda timeout=None: flushed_after.append(len(trail.kept))  # type: ignore[method-assign]
     assert SpoolIngester(backing, trail, MK).ingest() == 5
     assert flushed_after == [2, 4, 5]

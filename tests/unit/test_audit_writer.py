@@ -353,6 +353,28 @@ def test_fail_closed_when_the_writer_falls_behind(backing: Path, log_path: Path,
     assert verify([log_path], anchor_of(backing)).intact
 
 
+def test_a_full_fail_open_log_refuses_what_must_not_be_dropped(backing: Path, log_path: Path,
+                                                               faults: LogFaults) -> None:
+    """The audit spool appends with droppable=False: it keeps an event's file until its record
+    is durable, so a record dropped instead of refused would be an event lost."""
+    writer = open_log(log_path, backing, fail_open=True, max_pending=5, commit_interval=0.01)
+    faults.block.clear()
+    try:
+        writer.append(payload(0))
+        assert wait_for(lambda: writer.stats()["queued"] == 0)  # taken by the (now stuck) writer
+        for n in range(1, 6):
+            writer.append(payload(n))
+        with pytest.raises(AuditUnavailable, match="behind"):
+            writer.append(payload(6), droppable=False)
+        writer.append(payload(7))  # the default under fail-open: dropped and counted
+        assert writer.stats()["lost"] == 1
+    finally:
+        faults.block.set()
+    writer.close()
+    assert verify([log_path], anchor_of(backing)).intact
+    assert [r["object"]["inode"] for r in iter_records([log_path]) if r["event"] == "open"] == list(range(6))
+
+
 def test_failed_fsync_stays_failed(backing: Path, log_path: Path, faults: LogFaults) -> None:
     writer = open_log(log_path, backing)
     faults.fsync_errno = errno.EIO
@@ -793,3 +815,4 @@ def test_key_store_unwritable_postpones_the_key_change(backing: Path, log_path: 
     assert json.loads(key_store_path(backing).read_text())["current"]["epoch"] == \
         control_records(log_path, "epoch")[-1]["audit"]["epoch"]
     assert verify([log_path], anchor_of(backing)).intact
+
