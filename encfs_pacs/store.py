@@ -982,7 +982,9 @@ class Volume:
 
     # -- files -------------------------------------------------------------------------------
 
-    def open(self, path: str, flags: int) -> OpenFile:
+    def open(self, path: str, flags: int, prefetch: bool = True) -> OpenFile:
+        """``prefetch``: a read-only open starts reading the first MiB from disk at once (off
+        for a reader that looks at a few bytes only, such as the DICOM tag lookup)."""
         # Backing files are opened read-write for any write access: partial chunk writes must
         # read the chunk back, and a write-only backing fd under a shared mmap (SQLite -shm)
         # makes the PACS die with SIGBUS.
@@ -990,7 +992,7 @@ class Volume:
         self.check_config()
         fd = _open_backing(self.backing_path(path),
                            (os.O_RDWR if writing else os.O_RDONLY) | os.O_NOFOLLOW | (flags & os.O_NOATIME))
-        if not writing:
+        if prefetch and not writing:
             # A reader's first request follows the open within microseconds; the disk starts now.
             # Only a hint: a backing file system that refuses it must not fail the open.
             with contextlib.suppress(OSError):

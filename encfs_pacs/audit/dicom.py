@@ -125,7 +125,8 @@ class DicomTagCache:
         try:
             # O_NOATIME: looking up the patient for the audit trail is not an access by a
             # program, and must not change the file's atime (touch -m keeps it, say).
-            handle = self._volume.open(path, os.O_RDONLY | os.O_NOATIME)
+            # No prefetch: most files need only their 132-byte preamble read.
+            handle = self._volume.open(path, os.O_RDONLY | os.O_NOATIME, prefetch=False)
         except Exception as exc:  # gone, damaged, a special file: no tags, but never a crash
             log.debug("no DICOM tags for %s: %s", path, exc)
             return None

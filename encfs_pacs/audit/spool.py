@@ -447,8 +447,8 @@ class SpoolIngester:
                     # One pass over the log, whatever the number waiting: a search per id
                     # took 18 ms each in a 64 MiB log, and thousands of queued events (a
                     # migration's imports while unmounted) would hold up the mount a minute.
-                    logged = {match.group(1).decode() for match in _LOGGED_ID.finditer(data)}
-                    return ids & logged
+                    found = (match.group(1).decode() for match in _LOGGED_ID.finditer(data))
+                    return {entry_id for entry_id in found if entry_id in ids}
         except OSError:
             return set()
 

@@ -21,7 +21,7 @@ ProcessKey = tuple[int, int]
 # How long a mount remembers which process created which file: the longest write-once grace a
 # policy may give (policy/loader.py refuses more). And how many creations at most: a PACS storing
 # 300 images a second creates a million files an hour, which would cost hundreds of MiB; 100 000
-# still covers the default 60 s grace at more than 1 600 files a second (~30 MiB).
+# (30-50 MiB) still covers the default 60 s grace at 1 600 creations a second on the mount.
 REMEMBER_SECONDS = 3600.0
 REMEMBER_MAX = 100_000
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -61,7 +62,7 @@ def test_read_once_per_file_version(volume: store.Volume, monkeypatch: pytest.Mo
     cache = DicomTagCache(volume)
     opened = []
     real_open = volume.open
-    monkeypatch.setattr(volume, "open", lambda *a: opened.append(a) or real_open(*a))
+    monkeypatch.setattr(volume, "open", lambda *a, **kw: opened.append(a) or real_open(*a, **kw))
     first = cache.tags("/mr.dcm")
     for _ in range(5):
         assert cache.tags("/mr.dcm") == first
@@ -86,8 +87,8 @@ def test_only_the_header_is_read(volume: store.Volume, tmp_path: Path) -> None:
     reads: list[int] = []
     real_open = volume.open
 
-    def counting_open(*args: object) -> store.OpenFile:
-        handle = real_open(*args)
+    def counting_open(*args: Any, **kwargs: Any) -> store.OpenFile:
+        handle = real_open(*args, **kwargs)
         real_read = handle.read
         handle.read = lambda size, offset: reads.append(size) or real_read(size, offset)  # type: ignore
         return handle

@@ -53,3 +53,18 @@ def test_a_refused_hint_does_not_fail_the_open(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(os, "posix_fadvise", refusing)
     volume.open("/image.dcm", os.O_RDONLY).close()
+
+
+def test_the_dicom_tag_lookup_prefetches_nothing(tmp_path: Path,
+                                                 advice: list[tuple[int, int, int]]) -> None:
+    from pydicom.data import get_testdata_file
+
+    from encfs_pacs.audit.dicom import DicomTagCache
+
+    volume = small_volume(tmp_path)
+    image = volume.create("/ct.dcm", 0o600, os.O_RDWR | os.O_CREAT)
+    image.write(Path(get_testdata_file("CT_small.dcm")).read_bytes(), 0)  # type: ignore[arg-type]
+    image.close()
+    tags = DicomTagCache(volume).tags("/ct.dcm")
+    assert tags is not None and tags["PatientID"]  # the file was read, as DICOM
+    assert advice == []
