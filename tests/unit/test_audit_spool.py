@@ -204,13 +204,8 @@ def test_forged_unsigned_and_malformed_files_are_alerts_and_moved_aside(backing:
     assert verify([log_path], read_anchor(backing), live=True).intact
 
 
-def test_a_crash_between_record_and_removal_records_the_event_once(backing: Path, log_path: Path) -> None:
-    queued = queue_event(backing, event(7), MK)
-    saved = queued.path.read_bytes()
-    writer = open_audit_log(log_path, backing, MK, commit_interval=0.01)
-    SpoolIngester(backing, writer, MK, log_path).ingest()
-    writer.close()
-    queued.path.write_bytes(saved)  # as if the mount died after the flush, before the unlink
+def run_a_mount_s_ingester(backing: Path, log_path: Path) -> None:
+    """What a mount does with the spool: start (a first pass), then stop (a last one)."""
     writer = open_audit_log(log_path, backing, MK, commit_interval=0.01)
     ingester = SpoolIngester(backing, writer, MK, log_path)
     try:
@@ -218,6 +213,16 @@ def test_a_crash_between_record_and_removal_records_the_event_once(backing: Path
     finally:
         ingester.stop()
         writer.close()
+
+
+def test_a_crash_between_record_and_removal_records_the_event_once(backing: Path, log_path: Path) -> None:
+    queued = queue_event(backing, event(7), MK)
+    saved = queued.path.read_bytes()
+    writer = open_audit_log(log_path, backing, MK, commit_interval=0.01)
+    SpoolIngester(backing, writer, MK, log_path).ingest()
+    writer.close()
+    queued.path.write_bytes(saved)  # as if the mount died after the flush, before the unlink
+    run_a_mount_s_ingester(backing, log_path)
     assert [r.get("n") for r in payloads(log_path)] == [7]
     assert spool_files(backing) == []
 
@@ -231,13 +236,7 @@ def test_after_a_crash_only_the_entries_the_log_holds_are_skipped(backing: Path,
     for path in list(saved)[:2]:
         path.write_bytes(saved[path])  # two of three files outlived their records
     queue_event(backing, event(4), MK)  # and one is new
-    writer = open_audit_log(log_path, backing, MK, commit_interval=0.01)
-    ingester = SpoolIngester(backing, writer, MK, log_path)
-    try:
-        ingester.start()
-    finally:
-        ingester.stop()
-        writer.close()
+    run_a_mount_s_ingester(backing, log_path)
     assert [r.get("n") for r in payloads(log_path)] == [1, 2, 3, 4]
     assert spool_files(backing) == []
 

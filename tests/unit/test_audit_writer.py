@@ -337,14 +337,19 @@ def test_fail_open_overflow_is_counted_and_recorded(backing: Path, log_path: Pat
     assert len([r for r in iter_records([log_path]) if r["event"] == "open"]) == 11
 
 
+def fill_the_queue_of_a_stuck_writer(writer: AuditLog, places: int) -> None:
+    """Payload 0 is taken by the writer, which then blocks (faults.block); 1..places queue."""
+    writer.append(payload(0))
+    assert wait_for(lambda: writer.stats()["queued"] == 0)
+    for n in range(1, places + 1):
+        writer.append(payload(n))
+
+
 def test_fail_closed_when_the_writer_falls_behind(backing: Path, log_path: Path, faults: LogFaults) -> None:
     writer = open_log(log_path, backing, max_pending=5, commit_interval=0.01)
     faults.block.clear()
     try:
-        writer.append(payload(0))
-        assert wait_for(lambda: writer.stats()["queued"] == 0)  # taken by the (now stuck) writer
-        for n in range(1, 6):
-            writer.append(payload(n))
+        fill_the_queue_of_a_stuck_writer(writer, 5)
         with pytest.raises(AuditUnavailable, match="behind"):
             writer.append(payload(6))
     finally:
@@ -360,10 +365,7 @@ def test_a_full_fail_open_log_refuses_what_must_not_be_dropped(backing: Path, lo
     writer = open_log(log_path, backing, fail_open=True, max_pending=5, commit_interval=0.01)
     faults.block.clear()
     try:
-        writer.append(payload(0))
-        assert wait_for(lambda: writer.stats()["queued"] == 0)  # taken by the (now stuck) writer
-        for n in range(1, 6):
-            writer.append(payload(n))
+        fill_the_queue_of_a_stuck_writer(writer, 5)
         with pytest.raises(AuditUnavailable, match="behind"):
             writer.append(payload(6), droppable=False)
         writer.append(payload(7))  # the default under fail-open: dropped and counted
