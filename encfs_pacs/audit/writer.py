@@ -188,9 +188,11 @@ class AuditLog:
         """The writer is far behind (a stalled disk). Called with the lock held."""
         message = (f"the audit writer is {len(self._queue)} records behind: the disk holding {self.path} "
                    "is stalled or too slow")
-        if not self.settings.fail_open or not droppable:
+        if not self.settings.fail_open:
             self._refused += 1
             raise AuditUnavailable(message + "; file operations are refused until it catches up")
+        if not droppable:  # refused, not lost: its sender keeps it and sends it again
+            raise AuditUnavailable(message + "; the record stays with its sender")
         self._lost += 1
         if self._lost == 1 or self._lost % 10_000 == 0:
             log.error("%s: %d audit record(s) lost so far (fail-open); the log will say so", message,
