@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 Clock = Callable[[], float]
 ProcessKey = tuple[int, int]
@@ -48,7 +49,8 @@ class RecentCreations:
         with self._lock:
             self._created.pop(path, None)  # a new creation goes to the end, as the newest
             self._created[path] = (process, now)
-            self._forget_old(now)
+            limit = now - self._keep_seconds
+            _forget_oldest(self._created, self._max_entries, lambda entry: entry[1] < limit)
 
     def age_for(self, path: str, process: ProcessKey) -> float | None:
         """Seconds since ``process`` created ``path``, or None if it did not (or forgot)."""
@@ -74,15 +76,6 @@ class RecentCreations:
     def __len__(self) -> int:
         return len(self._created)
 
-    def _forget_old(self, now: float) -> None:
-        created, limit = self._created, now - self._keep_seconds
-        while len(created) > self._max_entries:
-            created.popitem(last=False)
-        while created:
-            oldest = next(iter(created))
-            if created[oldest][1] >= limit:
-                break
-            del created[oldest]
 
 
 class RateGuard:
@@ -121,7 +114,9 @@ class RateGuard:
             events.append(now)
             while events and events[0] < now - window_seconds:
                 events.popleft()
-            self._forget_quiet(now, window_seconds)
+            self._longest_window = max(self._longest_window, window_seconds)
+            limit = now - self._longest_window
+            _forget_oldest(self._events, self._max_processes, lambda times: times[-1] < limit)
             if len(events) <= max_changes:
                 return None
             reason = (f"rate guard of rule {rule_id}: more than {max_changes} rewrites, renames or "
@@ -133,13 +128,11 @@ class RateGuard:
     def __len__(self) -> int:
         return len(self._events)
 
-    def _forget_quiet(self, now: float, window_seconds: float) -> None:
-        self._longest_window = max(self._longest_window, window_seconds)
-        events, limit = self._events, now - self._longest_window
-        while len(events) > self._max_processes:
-            events.popitem(last=False)
-        while events:
-            quietest = next(iter(events))
-            if events[quietest][-1] >= limit:
-                break
-            del events[quietest]
+
+def _forget_oldest(table: OrderedDict[Any, Any], max_entries: int, stale: Callable[[Any], bool]) -> None:
+    """Trim a table kept oldest first: beyond ``max_entries``, then while its first is stale.
+    Costs only what it removes (never a scan of what stays)."""
+    while len(table) > max_entries:
+        table.popitem(last=False)
+    while table and stale(next(iter(table.values()))):
+        table.popitem(last=False)
