@@ -88,8 +88,8 @@ LOCK_SPAN = 1 << 62
 # taken, because a second change within one timestamp tick (coarse file system clocks) or
 # within the clock skew between hosts would leave all three the same (git's "racy clean" rule).
 CACHE_QUIET_NS = 3 * 10**9
-PREFETCH_BYTES = 1 << 20
 CACHE_MARKS_MAX = 100_000  # remembered (file, name) signatures; forgetting one only costs a re-read
+PREFETCH_BYTES = 1 << 20  # what a read-only open asks the disk for at once (Volume.open)
 # Shared storage: applications' fcntl locks waiting at once (each blocks a daemon thread; the
 # mount has 16). More waiters get ENOLCK instead of stalling every other request.
 MAX_LOCK_WAITERS = 8
@@ -717,6 +717,14 @@ class OpenFile:
             os.close(self.fd)  # whatever the cleanup did, the descriptor must not leak
 
 
+def _quiet_and_unchanged(mark: tuple[Signature, int], st: os.stat_result) -> bool:
+    """A cache mark (signature, when taken) still vouches for the file ``st`` describes."""
+    seen, taken = mark
+    quiet_since = taken - CACHE_QUIET_NS
+    # mtime too, not only ctime: `touch -d <future>` can put mtime after ctime.
+    return seen == signature(st) and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since
+
+
 def _open_backing(path: str, flags: int) -> int:
     """os.open; O_NOATIME (the audit trail's own header reads must not change the atime
     programs see) is dropped where the kernel refuses it: only the owner or root may ask."""
@@ -847,19 +855,13 @@ class Volume:
         # before, dropped the kernel's cache of every hot file at their next opens together.)
         with self._cache_marks_lock:
             mark = self._cache_marks.get(key)
-            if mark is not None:
-                self._cache_marks.move_to_end(key)
-        if mark is not None:
-            seen, taken = mark
-            quiet_since = taken - CACHE_QUIET_NS
-            # mtime too, not only ctime: `touch -d <future>` can put mtime after ctime.
-            if seen == signature(st) and st.st_mtime_ns < quiet_since and st.st_ctime_ns < quiet_since:
-                return True
-        with self._cache_marks_lock:
-            self._cache_marks[key] = (signature(st), now)
+            trusted = mark is not None and _quiet_and_unchanged(mark, st)
+            if not trusted:
+                self._cache_marks[key] = (signature(st), now)
             self._cache_marks.move_to_end(key)
             while len(self._cache_marks) > CACHE_MARKS_MAX:
                 self._cache_marks.popitem(last=False)
+        return trusted
         return False
 
     @contextlib.contextmanager
